@@ -1,0 +1,562 @@
+"""The operator's configuration, validated once at the edge into frozen objects.
+
+Every mistake becomes a `Problem` with the file and line where it was written; `load_config`
+collects them all and raises `ProblemsError`, so `tailmail check` can show every problem at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from agent.periods import system_timezone
+from agent.yamlfile import Map, Problem, ProblemsError, Seq, load_yaml
+
+DEFAULT_CONFIG = Path("/etc/tailmail/config.yaml")
+DEFAULT_SUBJECT = "[{hostname}] {selected} events selected on {date}"
+SUBJECT_FIELDS = frozenset({"hostname", "selected", "date", "report", "read", "skipped"})
+MiB = 1024 * 1024
+
+Security = Literal["starttls", "ssl", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    name: str
+    path: str  # absolute file path or glob
+    start_at: Literal["end", "beginning"] = "end"
+    time_field: str | None = None
+    max_line_bytes: int = MiB
+
+
+@dataclass(frozen=True, slots=True)
+class ReportConfig:
+    name: str
+    store: Path
+    to: tuple[str, ...]
+    rotate_at: time = time(0, 0)
+    timezone: ZoneInfo = field(default_factory=system_timezone)
+    keep: int = 30
+    compress: Literal["none", "gzip"] = "gzip"
+    cc: tuple[str, ...] = ()
+    subject: str = DEFAULT_SUBJECT
+    send_empty: bool = True
+    attach: bool = True
+    max_attachment_bytes: int = 10 * MiB
+    top_fields: tuple[str, ...] | None = None  # None: the fields the rules' conditions use
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    host: str
+    from_addr: str
+    port: int = 587
+    security: Security = "starttls"
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 30.0
+    max_per_hour: int = 100
+    retry_for: float = 5 * 86400.0
+    retry_initial: float = 300.0
+    retry_max: float = 3600.0
+    allow_plaintext_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    state_dir: Path
+    rules_dir: Path
+    sources: tuple[SourceConfig, ...]
+    reports: tuple[ReportConfig, ...]
+    smtp: SmtpConfig
+    log: LogConfig = LogConfig()
+
+    def report(self, name: str) -> ReportConfig:
+        for report in self.reports:
+            if report.name == name:
+                return report
+        raise KeyError(name)
+
+
+def config_path(arg: str | None) -> Path:
+    """-c CONFIG, else $TAILMAIL_CONFIG, else /etc/tailmail/config.yaml."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get("TAILMAIL_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}  # fmt: skip
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_size(value: object) -> int:
+    """`10485760`, `10MiB`, `512KB` -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 10MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size; write e.g. 1048576, 512KiB or 10MiB")
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+
+
+def parse_duration(value: object) -> float:
+    """`90`, `90s`, `15m`, `5d` -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 90s, 15m or 5d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 2h or 5d")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str, env: dict[str, str] | os._Environ[str]) -> str:
+    """Replace `${NAME}`; a missing variable raises KeyError(NAME)."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in env:
+            raise KeyError(name)
+        return env[name]
+
+    return _ENV_REF.sub(sub, text)
+
+
+_ADDR = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+$")
+_NAME_ADDR = re.compile(r"^(.*?)\s*<([^<>]*)>$")
+
+
+def check_address(value: str) -> str | None:
+    """Return what is wrong with an address (`a@b` or `Name <a@b>`), or None."""
+    if any(c in value for c in "\r\n\0"):
+        return "contains a line break or NUL, which could inject mail headers"
+    m = _NAME_ADDR.match(value.strip())
+    addr = m.group(2).strip() if m else value.strip()
+    if not _ADDR.match(addr):
+        return f"{value!r} is not an email address"
+    return None
+
+
+def has_header_breaks(value: str) -> bool:
+    return any(c in value for c in "\r\n\0")
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads one mapping of the config, recording problems instead of stopping at the first."""
+
+    def __init__(self, file: str, problems: list[Problem], env: os._Environ[str]) -> None:
+        self.file = file
+        self.problems = problems
+        self.env = env
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append(Problem(self.file, line, message))
+
+    def mapping(self, value: Any, line: int, what: str) -> Map | None:
+        if not isinstance(value, Map):
+            self.problem(line, f"{what} must be a mapping of keys to values")
+            return None
+        return value
+
+    def unknown(self, m: Map, allowed: set[str], where: str) -> None:
+        for key in m:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.problem(m.line_of(key), f"unknown key {key!r} in {where}; known keys: {hint}")
+
+    def string(
+        self, m: Map, key: str, default: str | None = None, required: bool = False
+    ) -> str | None:
+        if key not in m or m[key] is None:
+            if required:
+                self.problem(m.line, f"missing required key {key!r}")
+            return default
+        value = m[key]
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            self.problem(m.line_of(key), f"{key} must be a string")
+            return default
+        text = str(value)
+        try:
+            return expand_env(text, self.env)
+        except KeyError as exc:
+            self.problem(m.line_of(key), f"{key}: environment variable {exc.args[0]} is not set")
+            return default
+
+    def convert(self, m: Map, key: str, parse: Callable[[object], T], default: T) -> T:
+        if key not in m or m[key] is None:
+            return default
+        value = m[key]
+        if isinstance(value, str):
+            try:
+                value = expand_env(value, self.env)
+            except KeyError as exc:
+                self.problem(
+                    m.line_of(key), f"{key}: environment variable {exc.args[0]} is not set"
+                )
+                return default
+        try:
+            return parse(value)
+        except (ValueError, TypeError) as exc:
+            self.problem(m.line_of(key), f"{key}: {exc}")
+            return default
+
+    def boolean(self, m: Map, key: str, default: bool) -> bool:
+        if key not in m or m[key] is None:
+            return default
+        if not isinstance(m[key], bool):
+            self.problem(m.line_of(key), f"{key} must be true or false")
+            return default
+        return bool(m[key])
+
+    def integer(self, m: Map, key: str, default: int, minimum: int = 0) -> int:
+        if key not in m or m[key] is None:
+            return default
+        value = m[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(m.line_of(key), f"{key} must be a whole number")
+            return default
+        if value < minimum:
+            self.problem(m.line_of(key), f"{key} must be at least {minimum}")
+            return default
+        return value
+
+    def choice(self, m: Map, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.string(m, key, default)
+        if value not in choices:
+            self.problem(
+                m.line_of(key), f"{key} must be one of {', '.join(choices)}, not {value!r}"
+            )
+            return default
+        return value
+
+    def path(
+        self, m: Map, key: str, base: Path, default: str | None = None, required: bool = False
+    ) -> Path | None:
+        text = self.string(m, key, default, required)
+        if text is None:
+            return None
+        return (base / Path(text).expanduser()).absolute()
+
+    def string_list(self, m: Map, key: str) -> list[tuple[str, int]]:
+        """A list of strings (a single string is a list of one), with each item's line."""
+        if key not in m or m[key] is None:
+            return []
+        value = m[key]
+        if isinstance(value, str):
+            items: list[tuple[Any, int]] = [(value, m.line_of(key))]
+        elif isinstance(value, Seq):
+            items = [(v, value.line_of(i)) for i, v in enumerate(value)]
+        else:
+            self.problem(m.line_of(key), f"{key} must be a list of strings")
+            return []
+        result = []
+        for item, line in items:
+            if not isinstance(item, str):
+                self.problem(line, f"{key}: every item must be a string, not {item!r}")
+                continue
+            try:
+                result.append((expand_env(item, self.env), line))
+            except KeyError as exc:
+                self.problem(line, f"{key}: environment variable {exc.args[0]} is not set")
+        return result
+
+
+def _parse_rotate_at(value: object) -> time:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError('must be a quoted local time "HH:MM"')
+    m = re.match(r"^(\d{1,2}):(\d{2})$", str(value).strip())
+    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+        raise ValueError(f'{value!r} is not a time of day; write "HH:MM", e.g. "00:00"')
+    return time(int(m.group(1)), int(m.group(2)))
+
+
+def parse_timezone(value: object) -> ZoneInfo:
+    try:
+        return ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin"
+        ) from None
+
+
+_TOP = {"state_dir", "rules_dir", "sources", "reports", "smtp", "log"}
+_SOURCE = {"name", "path", "start_at", "time_field", "max_line_bytes"}
+_REPORT = {
+    "name", "store", "rotate_at", "timezone", "keep", "compress", "to", "cc", "subject",
+    "send_empty", "attach", "max_attachment_bytes", "top_fields",
+}  # fmt: skip
+_SMTP = {
+    "host", "port", "security", "verify_tls", "ca_file", "username", "password",
+    "password_file", "from", "timeout", "max_per_hour", "retry_for", "retry_initial",
+    "retry_max", "allow_plaintext_auth",
+}  # fmt: skip
+_LOG = {"level", "format"}
+
+
+def load_config(path: Path, env: os._Environ[str] | None = None) -> Config:
+    """Load and validate the config file; raise ProblemsError listing every problem."""
+    env = env if env is not None else os.environ
+    file = str(path)
+    data, problems = load_yaml(path)
+    if problems:
+        raise ProblemsError(problems)
+    r = _Reader(file, problems, env)
+    top = r.mapping(data, 1, "the configuration")
+    if top is None:
+        raise ProblemsError(problems)
+    r.unknown(top, _TOP, "the configuration")
+    base = path.absolute().parent
+
+    state_dir = r.path(top, "state_dir", base, "/var/lib/tailmail")
+    rules_dir = r.path(top, "rules_dir", base, "/etc/tailmail/rules.d")
+    sources = _sources(r, top, base)
+    reports = _reports(r, top, base)
+    smtp = _smtp(r, top, base)
+    log = _log(r, top)
+    if problems or smtp is None or state_dir is None or rules_dir is None:
+        raise ProblemsError(problems)
+    return Config(
+        path=path.absolute(),
+        state_dir=state_dir,
+        rules_dir=rules_dir,
+        sources=tuple(sources),
+        reports=tuple(reports),
+        smtp=smtp,
+        log=log,
+    )
+
+
+def _named_items(r: _Reader, top: Map, key: str) -> list[tuple[Map, int]]:
+    value = top.get(key)
+    if not isinstance(value, Seq) or not value:
+        r.problem(top.line_of(key), f"{key} must be a non-empty list")
+        return []
+    items = []
+    for i, item in enumerate(value):
+        m = r.mapping(item, value.line_of(i), f"each item of {key}")
+        if m is not None:
+            items.append((m, value.line_of(i)))
+    return items
+
+
+def _unique_name(r: _Reader, m: Map, seen: dict[str, int], what: str) -> str | None:
+    name = r.string(m, "name", required=True)
+    if name is None:
+        return None
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+        r.problem(
+            m.line_of("name"),
+            f"{what} name {name!r} may use only letters, digits, '.', '_' and '-'",
+        )
+        return None
+    if name in seen:
+        r.problem(m.line_of("name"), f"duplicate {what} name {name!r} (first at line {seen[name]})")
+        return None
+    seen[name] = m.line_of("name")
+    return name
+
+
+def _sources(r: _Reader, top: Map, base: Path) -> list[SourceConfig]:
+    seen: dict[str, int] = {}
+    result = []
+    for m, _ in _named_items(r, top, "sources"):
+        r.unknown(m, _SOURCE, "a source")
+        name = _unique_name(r, m, seen, "source")
+        path = r.path(m, "path", base, required=True)
+        start_at = r.choice(m, "start_at", ("end", "beginning"), "end")
+        time_field = r.string(m, "time_field")
+        max_line = r.convert(m, "max_line_bytes", parse_size, MiB)
+        if max_line < 64:
+            r.problem(m.line_of("max_line_bytes"), "max_line_bytes must be at least 64")
+        if name and path:
+            result.append(SourceConfig(name, str(path), start_at, time_field, max_line))  # type: ignore[arg-type]
+    return result
+
+
+def _reports(r: _Reader, top: Map, base: Path) -> list[ReportConfig]:
+    seen: dict[str, int] = {}
+    stores: dict[Path, int] = {}
+    result = []
+    for m, line in _named_items(r, top, "reports"):
+        r.unknown(m, _REPORT, "a report")
+        name = _unique_name(r, m, seen, "report")
+        store = r.path(m, "store", base, required=True)
+        if store is not None:
+            if store in stores:
+                r.problem(
+                    m.line_of("store"),
+                    f"store {store} is already used by another report (line {stores[store]})",
+                )
+            stores[store] = m.line_of("store")
+        to = _addresses(r, m, "to")
+        if "to" in m and not to:
+            r.problem(m.line_of("to"), "to must name at least one recipient")
+        elif "to" not in m:
+            r.problem(line, "missing required key 'to' (the report's recipients)")
+        cc = _addresses(r, m, "cc")
+        subject = r.string(m, "subject", DEFAULT_SUBJECT) or DEFAULT_SUBJECT
+        _check_subject(r, m.line_of("subject"), subject)
+        top_fields = r.string_list(m, "top_fields") if "top_fields" in m else None
+        report = ReportConfig(
+            name=name or "?",
+            store=store or Path("/"),
+            to=tuple(to),
+            rotate_at=r.convert(m, "rotate_at", _parse_rotate_at, time(0, 0)),
+            timezone=r.convert(m, "timezone", parse_timezone, system_timezone()),
+            keep=r.integer(m, "keep", 30, minimum=1),
+            compress=r.choice(m, "compress", ("none", "gzip"), "gzip"),  # type: ignore[arg-type]
+            cc=tuple(cc),
+            subject=subject,
+            send_empty=r.boolean(m, "send_empty", True),
+            attach=r.boolean(m, "attach", True),
+            max_attachment_bytes=r.convert(m, "max_attachment_bytes", parse_size, 10 * MiB),
+            top_fields=tuple(f for f, _ in top_fields) if top_fields is not None else None,
+        )
+        if name and store:
+            result.append(report)
+    return result
+
+
+def _addresses(r: _Reader, m: Map, key: str) -> list[str]:
+    result = []
+    for addr, line in r.string_list(m, key):
+        wrong = check_address(addr)
+        if wrong:
+            r.problem(line, f"{key}: {wrong}")
+        else:
+            result.append(addr.strip())
+    return result
+
+
+def _check_subject(r: _Reader, line: int, subject: str) -> None:
+    if has_header_breaks(subject):
+        r.problem(line, "subject contains a line break or NUL, which could inject mail headers")
+        return
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(subject) if f is not None]
+    except ValueError as exc:
+        r.problem(line, f"subject: {exc}; write {{{{ and }}}} for literal braces")
+        return
+    for name in names:
+        if name not in SUBJECT_FIELDS:
+            known = ", ".join("{" + f + "}" for f in sorted(SUBJECT_FIELDS))
+            r.problem(line, f"subject: unknown placeholder {{{name}}}; known: {known}")
+
+
+def _smtp(r: _Reader, top: Map, base: Path) -> SmtpConfig | None:
+    if "smtp" not in top:
+        r.problem(top.line, "missing required section 'smtp'")
+        return None
+    m = r.mapping(top["smtp"], top.line_of("smtp"), "smtp")
+    if m is None:
+        return None
+    r.unknown(m, _SMTP, "smtp")
+    host = r.string(m, "host", required=True)
+    from_addr = r.string(m, "from", required=True)
+    if from_addr is not None:
+        wrong = check_address(from_addr)
+        if wrong:
+            r.problem(m.line_of("from"), f"from: {wrong}")
+    security = r.choice(m, "security", ("starttls", "ssl", "none"), "starttls")
+    default_port = {"starttls": 587, "ssl": 465, "none": 25}[security]
+    port = r.integer(m, "port", default_port, minimum=1)
+    if port > 65535:
+        r.problem(m.line_of("port"), "port must be at most 65535")
+    ca_file = r.path(m, "ca_file", base)
+    if ca_file is not None and not ca_file.is_file():
+        r.problem(m.line_of("ca_file"), f"ca_file {ca_file} does not exist or is not a file")
+    username = r.string(m, "username")
+    password = r.string(m, "password")
+    if "password_file" in m:
+        if "password" in m:
+            r.problem(m.line_of("password_file"), "give either password or password_file, not both")
+        pw_path = r.path(m, "password_file", base)
+        if pw_path is not None:
+            try:
+                password = pw_path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                r.problem(
+                    m.line_of("password_file"), f"password_file {pw_path}: {exc.strerror or exc}"
+                )
+    if username and password is None:
+        r.problem(
+            m.line_of("username"), "username is set but neither password nor password_file is"
+        )
+    if username is not None and has_header_breaks(username):
+        r.problem(m.line_of("username"), "username contains a line break or NUL")
+    allow_plain = r.boolean(m, "allow_plaintext_auth", False)
+    if username and security == "none" and not allow_plain:
+        r.problem(
+            m.line_of("security"),
+            "security: none would send the password unencrypted; use starttls or ssl, "
+            "or set allow_plaintext_auth: true if you really mean it",
+        )
+    timeout = r.convert(m, "timeout", parse_duration, 30.0)
+    if timeout <= 0:
+        r.problem(m.line_of("timeout"), "timeout must be more than 0")
+    if host is None or from_addr is None:
+        return None
+    return SmtpConfig(
+        host=host,
+        from_addr=from_addr,
+        port=port,
+        security=security,  # type: ignore[arg-type]
+        verify_tls=r.boolean(m, "verify_tls", True),
+        ca_file=ca_file,
+        username=username or None,
+        password=password,
+        timeout=timeout,
+        max_per_hour=r.integer(m, "max_per_hour", 100, minimum=1),
+        retry_for=r.convert(m, "retry_for", parse_duration, 5 * 86400.0),
+        retry_initial=r.convert(m, "retry_initial", parse_duration, 300.0),
+        retry_max=r.convert(m, "retry_max", parse_duration, 3600.0),
+        allow_plaintext_auth=allow_plain,
+    )
+
+
+def _log(r: _Reader, top: Map) -> LogConfig:
+    if "log" not in top or top["log"] is None:
+        return LogConfig()
+    m = r.mapping(top["log"], top.line_of("log"), "log")
+    if m is None:
+        return LogConfig()
+    r.unknown(m, _LOG, "log")
+    return LogConfig(
+        level=r.choice(m, "level", ("debug", "info", "warning", "error"), "info"),  # type: ignore[arg-type]
+        format=r.choice(m, "format", ("auto", "json", "console"), "auto"),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,69 @@
+"""Report periods: which daily period an instant falls in, in a report's own time zone.
+
+Pure: every function takes the instant it reasons about. Boundaries are computed on local dates,
+never by adding 24 hours, so a period is 23 or 25 hours long across a DST change. A `rotate_at`
+that does not exist on a spring-forward day (02:30 in Europe/Berlin) resolves as PEP 495 says for
+`fold=0`, i.e. the same distance after the gap (03:30); one that happens twice on a fall-back
+day rotates at its first occurrence.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: datetime  # aware, UTC
+    end: datetime  # aware, UTC; exclusive
+    day: date  # the local date the period starts on: {date} in subjects and file names
+
+
+def system_timezone() -> ZoneInfo:
+    """The system's IANA zone: $TZ, then /etc/localtime's target, then /etc/timezone, then UTC."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    candidates = [tz] if tz else []
+    try:
+        target = os.readlink("/etc/localtime")
+        if "zoneinfo/" in target:
+            candidates.append(target.split("zoneinfo/", 1)[1])
+    except OSError:
+        pass
+    try:
+        candidates.append(Path("/etc/timezone").read_text().strip())
+    except OSError:
+        pass
+    for name in candidates:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    return ZoneInfo("UTC")
+
+
+def boundary(day: date, at: time, tz: ZoneInfo) -> datetime:
+    """The instant (UTC) at which the period of local `day` starts."""
+    return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
+
+
+def period_of(instant: datetime, at: time, tz: ZoneInfo) -> Period:
+    """The period containing `instant` (aware)."""
+    day = instant.astimezone(tz).date()
+    start = boundary(day, at, tz)
+    if start > instant:
+        day -= timedelta(days=1)
+        start = boundary(day, at, tz)
+    return Period(start, boundary(day + timedelta(days=1), at, tz), day)
+
+
+def period_from(start: datetime, at: time, tz: ZoneInfo) -> Period:
+    """The period that begins at `start` (which may be off-boundary after a forced rotation).
+
+    It ends at the next scheduled boundary after `start`, and is named after `start`'s local date.
+    """
+    scheduled = period_of(start, at, tz)
+    return Period(start.astimezone(UTC), scheduled.end, start.astimezone(tz).date())
