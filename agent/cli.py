@@ -1,0 +1,375 @@
+"""The command line: parse arguments, call the agent, print, choose the exit code.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error. Only this module
+prints; everything below it raises errors that carry what the operator needs to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from agent import __version__
+from agent.config import Config, config_path, load_config
+from agent.yamlfile import ProblemsError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class Failure(Exception):
+    """A runtime failure with a sentence for the operator: exit 1."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        result: int = args.func(args)
+        return result
+    except ProblemsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        n = len(exc.problems)
+        print(f"{n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
+        return EXIT_USAGE
+    except Failure as exc:
+        print(f"tailmail: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tailmail",
+        description="Tail JSON event logs, select events with rules, email a daily report.",
+    )
+    parser.add_argument("--version", action="version", version=f"tailmail {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "-c",
+            "--config",
+            help="config file (default: $TAILMAIL_CONFIG, then /etc/tailmail/config.yaml)",
+        )
+        return p
+
+    p = command("run", "run the service in the foreground")
+    p.set_defaults(func=cmd_run)
+    p = command("check", "validate the config and every rule file")
+    p.set_defaults(func=cmd_check)
+    p = command("test-email", "send a test message and explain any failure")
+    p.add_argument("--to", help="recipient (default: the first report's first recipient)")
+    p.set_defaults(func=cmd_test_email)
+    p = command("test-rules", "show which rules match the events in FILEs; changes nothing")
+    p.add_argument("--rules", help="a rule file or directory (default: the config's rules_dir)")
+    p.add_argument("--source", help="evaluate as events of this source (its time_field, its rules)")
+    p.add_argument(
+        "--show", type=int, default=3, help="first matches to print per rule (default 3)"
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="JSON lines; - for standard input")
+    p.set_defaults(func=cmd_test_rules)
+    p = command("rotate", "close the current period now and queue its report")
+    p.add_argument("--report", help="only this report (default: all)")
+    p.set_defaults(func=cmd_rotate)
+    p = command("status", "show sources, reports and the outbox")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("demo", help="a self-contained demonstration with a local SMTP sink")
+    p.add_argument("--dir", help="folder to write the demo into (default: a new temporary folder)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+# ---- run -------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent import service
+    from agent.control import Busy
+    from agent.log import setup
+
+    path = config_path(args.config)
+    config = load_config(path)
+    setup(config.log)
+    try:
+        return asyncio.run(service.run(path, config))
+    except Busy as exc:
+        raise Failure(str(exc)) from None
+    except OSError as exc:
+        raise Failure(f"cannot start: {exc}") from None
+
+
+# ---- check -----------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent.rules import check_rules, load_rules_path
+
+    path = config_path(args.config)
+    config = load_config(path)
+    sources = [s.name for s in config.sources]
+    reports = [r.name for r in config.reports]
+    problems = check_rules(config.rules_dir, sources, reports)
+    if problems:
+        raise ProblemsError(problems)
+    rules, _ = load_rules_path(config.rules_dir, sources, reports)
+    print(
+        f"{path}: OK: {len(sources)} source(s), {len(reports)} report(s), {len(rules)} rule(s) in {config.rules_dir}"
+    )
+    return EXIT_OK
+
+
+# ---- test-email ------------------------------------------------------------------------------
+
+
+def cmd_test_email(args: argparse.Namespace) -> int:
+    from agent.mail import test_email
+
+    config = _config(args)
+    to = args.to or config.reports[0].to[0]
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    failure = asyncio.run(test_email(config.smtp, to, say))
+    if failure is not None:
+        print(f"FAILED: {failure.advice()}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"OK: test message accepted for {to}")
+    return EXIT_OK
+
+
+# ---- test-rules ------------------------------------------------------------------------------
+
+
+def _lines(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
+    for name in files:
+        stream = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
+        try:
+            for number, line in enumerate(stream, 1):
+                yield name, number, line.rstrip(b"\n")
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+
+
+def cmd_test_rules(args: argparse.Namespace) -> int:
+    from agent.decode import classify, event_time
+    from agent.periods import system_timezone
+    from agent.rules import load_rules_path
+
+    config: Config | None = None
+    try:
+        config = _config(args)
+    except ProblemsError:
+        if not args.rules:
+            raise
+    sources = [s.name for s in config.sources] if config else None
+    reports = [r.name for r in config.reports] if config else None
+    rules_path = Path(args.rules) if args.rules else config.rules_dir  # type: ignore[union-attr]
+    rules, problems = load_rules_path(rules_path, sources, reports)
+    if problems:
+        raise ProblemsError(problems)
+    rules = [r for r in rules if r.enabled]
+    time_field = None
+    if args.source:
+        if config is None or args.source not in (sources or []):
+            raise Failure(f"no source named {args.source!r} in the config")
+        rules = [r for r in rules if r.sources is None or args.source in r.sources]
+        time_field = next(s.time_field for s in config.sources if s.name == args.source)
+    local = system_timezone()
+    counts = dict.fromkeys((r.name for r in rules), 0)
+    firsts: dict[str, list[str]] = {r.name: [] for r in rules}
+    total = bad = selected = 0
+    try:
+        for name, number, line in _lines(args.files):
+            total += 1
+            reason, event = classify(line)
+            if reason:
+                bad += 1
+                print(f"{name}:{number}: skipped: {reason}", file=sys.stderr)
+                continue
+            hit = False
+            for rule in rules:
+                if not rule.match(event):
+                    continue
+                if rule.when is not None:
+                    t = event_time(event.get(time_field), local) if time_field else None
+                    if not rule.when(t or datetime.now(UTC)):
+                        continue
+                hit = True
+                counts[rule.name] += 1
+                if len(firsts[rule.name]) < args.show:
+                    firsts[rule.name].append(
+                        f"{name}:{number}: {line.decode('utf-8', 'replace')[:200]}"
+                    )
+            selected += hit
+    except OSError as exc:
+        raise Failure(f"cannot read input: {exc}") from None
+    print(f"{total} line(s) read, {bad} skipped, {selected} selected by at least one rule")
+    for rule in rules:
+        print(f"\n{rule.name}: {counts[rule.name]} match(es)")
+        for first in firsts[rule.name]:
+            print(f"  {first}")
+    return EXIT_OK
+
+
+# ---- rotate ----------------------------------------------------------------------------------
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    from agent import control
+
+    config = _config(args)
+    if args.report and args.report not in {r.name for r in config.reports}:
+        raise Failure(
+            f"no report named {args.report!r}; reports: {', '.join(r.name for r in config.reports)}"
+        )
+    lock = control.StateLock(config.state_dir)
+    try:
+        if lock.try_acquire():
+            queued = _rotate_offline(config, args.report)
+            where = "the service will deliver it when it next runs"
+        else:
+            try:
+                reply = asyncio.run(
+                    control.request(config.state_dir, {"cmd": "rotate", "report": args.report})
+                )
+            except (OSError, TimeoutError) as exc:
+                raise Failure(
+                    f"the running service (pid {lock.holder()}) did not answer: {exc}"
+                ) from None
+            if not reply.get("ok"):
+                raise Failure(str(reply.get("error")))
+            queued = list(reply.get("queued", []))
+            where = "the running service delivers it now"
+    finally:
+        lock.close()
+    for outbox_id in queued:
+        print(f"queued {outbox_id}")
+    print(f"{len(queued)} report(s) queued; {where}")
+    return EXIT_OK
+
+
+def _rotate_offline(config: Config, only: str | None) -> list[str]:
+    from agent.log import setup
+    from agent.outbox import Outbox
+    from agent.pipeline import Pipeline
+    from agent.rules import RuleBook
+
+    setup(config.log)
+    rulebook = RuleBook(
+        config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
+    )
+    for problem in rulebook.reload():
+        print(problem, file=sys.stderr)
+    pipeline = Pipeline(config, rulebook, Outbox(config.state_dir / "outbox"))
+    try:
+        pipeline.open()
+        pipeline.rotate_due()
+        while pipeline.pump():  # lines written while the service was down belong to this period
+            pass
+        queued = []
+        for report in config.reports:
+            if only in (None, report.name):
+                queued.extend(q.outbox_id for q in pipeline.rotate(report))
+        return queued
+    finally:
+        pipeline.close()
+
+
+# ---- status ----------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print_status(_config(args), sys.stdout)
+    return EXIT_OK
+
+
+def print_status(config: Config, out: TextIO) -> None:
+    from agent.control import StateLock
+    from agent.outbox import Outbox
+    from agent.periods import period_from
+    from agent.state import load_checkpoint
+
+    if not config.state_dir.exists():
+        print(f"state_dir {config.state_dir} does not exist yet: the service has not run", file=out)
+        return
+    lock = StateLock(config.state_dir)
+    try:
+        running = not lock.try_acquire()
+        holder = lock.holder()
+    finally:
+        lock.close()
+    print(f"service: {'running (pid ' + holder + ')' if running else 'not running'}", file=out)
+    checkpoint = load_checkpoint(config.state_dir)
+    print("sources:", file=out)
+    for source in config.sources:
+        files = [f for f in checkpoint.files.values() if f.source == source.name]
+        if not files:
+            print(f"  {source.name}: {source.path}: no file read yet", file=out)
+        for f in files:
+            try:
+                size = os.stat(f.path).st_size
+                behind = f"{max(0, size - f.offset)} bytes behind"
+            except OSError:
+                behind = "file gone"
+            print(f"  {source.name}: {f.path}: offset {f.offset}, {behind}", file=out)
+    outbox = Outbox(config.state_dir / "outbox")
+    print("reports:", file=out)
+    for report in config.reports:
+        rs = checkpoint.reports.get(report.name)
+        last = outbox.last_delivered(report.name)
+        sent = f"{last.get('period')} at {last.get('time')}" if last else "none yet"
+        if rs is None:
+            print(f"  {report.name}: no period started yet; last report sent: {sent}", file=out)
+            continue
+        period = period_from(
+            datetime.fromisoformat(rs.stats.start), report.rotate_at, report.timezone
+        )
+        start = period.start.astimezone(report.timezone).strftime("%Y-%m-%d %H:%M %Z")
+        end = period.end.astimezone(report.timezone).strftime("%Y-%m-%d %H:%M %Z")
+        print(
+            f"  {report.name}: period {start} .. {end}; {rs.stats.selected} event(s) stored "
+            f"of {rs.stats.read} read, {rs.stats.skipped_total} skipped; last report sent: {sent}",
+            file=out,
+        )
+    counts = outbox.counts(time.time())
+    print(
+        f"outbox: {counts.get('queued', 0)} queued, {counts.get('deferred', 0)} deferred, {counts.get('failed', 0)} failed",
+        file=out,
+    )
+
+
+# ---- demo ------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    try:
+        return run_demo(Path(args.dir) if args.dir else None, sys.stdout)
+    except (OSError, TimeoutError, RuntimeError) as exc:
+        raise Failure(f"demo failed: {exc}") from None
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,478 @@
+"""The pipeline: source files -> events -> rules -> report stores, and the daily rotation.
+
+One object owns the checkpoint, the open source files and the stores, and it is only ever
+driven from one thread (the service's event loop, or the `rotate` command when no service runs),
+so no state here needs a lock. A pump reads a bounded amount, stores what the rules select and
+commits: stores fsynced first, then the checkpoint that counts their bytes and the offsets that
+produced them, in one atomic rename.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from agent import __version__
+from agent.config import Config, ReportConfig
+from agent.decode import TOO_LONG, Chunk, Positions, classify, event_time, sample
+from agent.outbox import Outbox
+from agent.periods import Period, period_from, period_of, system_timezone
+from agent.report import ReportInput, build_report
+from agent.rules import Rule, RuleBook
+from agent.sources import SourceTailer, Tailed
+from agent.state import (
+    Checkpoint,
+    PeriodStats,
+    ReportState,
+    fsync_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
+from agent.store import ReportStore, prune, rotated_path
+
+log = structlog.get_logger("tailmail.pipeline")
+
+PUMP_BYTES = 8 << 20  # per pump: bounded so rotation, delivery and signals are never kept waiting
+LOG_BAD_LINES = 10  # bad lines logged one by one per pump; beyond that, one summary line
+
+# One compiled route: rule index, match, when, the indexes of the reports it feeds.
+Route = tuple[
+    int, Callable[[dict[str, Any]], bool], Callable[[datetime], bool] | None, tuple[int, ...]
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    report: str
+    outbox_id: str
+    period: Period
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat()
+
+
+def _parse(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        rulebook: RuleBook,
+        outbox: Outbox,
+        clock: Callable[[], float] = time.time,
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.rulebook = rulebook
+        self.outbox = outbox
+        self.clock = clock
+        self.on_queued = on_queued
+        self.hostname = socket.gethostname()
+        self.local_tz = system_timezone()
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint: Checkpoint = load_checkpoint(config.state_dir)
+        first = not self.checkpoint.started_before
+        self.tailers = [
+            SourceTailer(
+                src, {k: v for k, v in self.checkpoint.files.items() if v.source == src.name}, first
+            )
+            for src in config.sources
+        ]
+        self.stores: dict[str, ReportStore] = {}
+        self._routes: dict[str, list[Route]] = {}
+        self._rules: tuple[Rule, ...] = ()
+        self._rules_version = -1
+        self._source_trouble: dict[str, str] = {}
+
+    # ---- start and stop ------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Reconcile stores with the checkpoint, finish interrupted rotations, find the files."""
+        now = self.now()
+        for name in list(self.checkpoint.reports):
+            if name not in {r.name for r in self.config.reports}:
+                del self.checkpoint.reports[name]
+        for report in self.config.reports:
+            rs = self.checkpoint.reports.get(report.name)
+            if rs is None:
+                start = period_of(now, report.rotate_at, report.timezone).start
+                rs = ReportState(store_size=-1, stats=PeriodStats(start=_iso(start)))
+                self.checkpoint.reports[report.name] = rs
+            if rs.rotating is not None:
+                self._finish_rotation(report)
+            self.stores[report.name] = ReportStore(
+                report, None if rs.store_size < 0 else rs.store_size
+            )
+            rs.store_size = self.stores[report.name].size
+        for tailer in self.tailers:
+            tailer.scan()
+        self._note_source_trouble()
+        self.checkpoint.started_before = True
+        self.commit()
+
+    def close(self) -> None:
+        for tailer in self.tailers:
+            tailer.close()
+        for store in self.stores.values():
+            store.close()
+        self.stores.clear()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def rescan(self) -> None:
+        for tailer in self.tailers:
+            tailer.scan()
+        self._note_source_trouble()
+
+    def pump(self, budget: int = PUMP_BYTES) -> bool:
+        """Read up to `budget` bytes across all files, store the selection, commit. True if any."""
+        self._refresh_routes()
+        progressed = False
+        spent = 0
+        while spent < budget:
+            round_progress = False
+            for tailer in self.tailers:
+                for tailed in list(tailer.files.values()):
+                    try:
+                        chunk = tailer.read(tailed)
+                    except OSError as exc:
+                        log.error(
+                            "source.read_failed",
+                            source=tailer.config.name,
+                            path=tailed.state.path,
+                            error=str(exc),
+                        )
+                        continue
+                    if chunk is None:
+                        continue
+                    self._process(tailer, tailed, chunk)
+                    spent += chunk.end - chunk.start
+                    round_progress = True
+            if not round_progress:
+                break
+            progressed = True
+        if progressed:
+            self.commit()
+        return progressed
+
+    def behind(self) -> int:
+        return sum(t.behind for tailer in self.tailers for t in tailer.files.values())
+
+    def _refresh_routes(self) -> None:
+        if self.rulebook.version == self._rules_version:
+            return
+        self._rules_version = self.rulebook.version
+        self._rules = self.rulebook.rules
+        names = [r.name for r in self.config.reports]
+        self._routes = {}
+        for src in self.config.sources:
+            routes: list[Route] = []
+            for i, rule in enumerate(self._rules):
+                if rule.sources is not None and src.name not in rule.sources:
+                    continue
+                reps = tuple(
+                    j for j, n in enumerate(names) if rule.reports is None or n in rule.reports
+                )
+                if reps:
+                    routes.append((i, rule.match, rule.when, reps))
+            self._routes[src.name] = routes
+
+    def _process(self, tailer: SourceTailer, tailed: Tailed, chunk: Chunk) -> None:
+        """The hot path: every line of the chunk through the rules, selected lines to stores."""
+        reports = self.config.reports
+        routes = self._routes.get(tailer.config.name, [])
+        loads = orjson.loads
+        decode_error = orjson.JSONDecodeError
+        selected: list[list[bytes]] = [[] for _ in reports]
+        rule_hits = [0] * len(self._rules)
+        times: list[list[datetime]] = [[] for _ in reports]
+        time_field = tailer.config.time_field
+        bad: list[tuple[int, bytes]] = []
+        lines = chunk.lines
+        for index, line in enumerate(lines):
+            try:
+                event = loads(line)
+            except decode_error:
+                bad.append((index, line))
+                continue
+            if type(event) is not dict:
+                bad.append((index, line))
+                continue
+            hit: set[int] | None = None
+            when_time: datetime | None = None
+            for rule_index, match, when, reps in routes:
+                if match(event):
+                    if when is not None:
+                        if when_time is None:
+                            when_time = self._event_time(event, time_field)
+                        if not when(when_time):
+                            continue
+                    rule_hits[rule_index] += 1
+                    if hit is None:
+                        hit = set(reps)
+                    else:
+                        hit.update(reps)
+            if hit:
+                t = when_time if when_time is not None else self._event_time(event, time_field)
+                for j in hit:
+                    selected[j].append(line)
+                    times[j].append(t)
+        self._account(tailer, tailed, chunk, selected, times, rule_hits, bad)
+
+    def _event_time(self, event: dict[str, Any], time_field: str | None) -> datetime:
+        if time_field is not None:
+            t = event_time(event.get(time_field), self.local_tz)
+            if t is not None:
+                return t
+        return self.now()
+
+    def _account(
+        self,
+        tailer: SourceTailer,
+        tailed: Tailed,
+        chunk: Chunk,
+        selected: list[list[bytes]],
+        times: list[list[datetime]],
+        rule_hits: list[int],
+        bad: list[tuple[int, bytes]],
+    ) -> None:
+        """Per-chunk bookkeeping: figures, problems and the stores' pending lines."""
+        source = tailer.config.name
+        path = tailed.state.path
+        reasons: list[tuple[str, int, str]] = []
+        positions = Positions(chunk)
+        for index, line in bad:
+            reason = TOO_LONG if index in chunk.long else classify(line)[0]
+            reasons.append((reason, positions.at(index), sample(line)))
+        reasons.extend((TOO_LONG, offset, "") for offset in chunk.too_long)
+        for n, (reason, offset, text) in enumerate(reasons):
+            if n < LOG_BAD_LINES:
+                log.warning(
+                    "line.skipped",
+                    source=source,
+                    path=path,
+                    offset=offset,
+                    reason=reason,
+                    sample=text,
+                )
+        if len(reasons) > LOG_BAD_LINES:
+            log.warning(
+                "line.skipped_more", source=source, path=path, count=len(reasons) - LOG_BAD_LINES
+            )
+        read = len(chunk.lines) + len(chunk.too_long)
+        for j, report in enumerate(self.config.reports):
+            stats = self.checkpoint.reports[report.name].stats
+            stats.read += read
+            for reason, offset, text in reasons:
+                stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+                stats.add_problem(
+                    {
+                        "kind": "line",
+                        "source": source,
+                        "path": path,
+                        "offset": offset,
+                        "reason": reason,
+                        "sample": text,
+                    }
+                )
+            receipt = stats.files.setdefault(
+                tailed.key,
+                {"source": source, "path": path, "first_offset": chunk.start, "truncations": 0},
+            )
+            receipt["path"] = path
+            receipt["last_offset"] = chunk.end
+            receipt["fingerprint"] = tailed.state.fingerprint[:16]
+            receipt["truncations"] = tailed.truncations
+            lines = selected[j]
+            if not lines:
+                continue
+            self.stores[report.name].add(lines)
+            stats.selected += len(lines)
+            tz = report.timezone
+            per_hour = stats.per_hour
+            for t in times[j]:
+                key = t.astimezone(tz).strftime("%Y-%m-%dT%H")
+                per_hour[key] = per_hour.get(key, 0) + 1
+            for rule_index, hits in enumerate(rule_hits):
+                if hits:
+                    rule = self._rules[rule_index]
+                    if rule.reports is None or report.name in rule.reports:
+                        stats.per_rule[rule.name] = stats.per_rule.get(rule.name, 0) + hits
+
+    def _note_source_trouble(self) -> None:
+        """Record a source going missing or unreadable in each report's problems, once."""
+        trouble: dict[str, str] = {}
+        for tailer in self.tailers:
+            name = tailer.config.name
+            if tailer.missing:
+                trouble[name] = f"source {name}: no file matches {tailer.config.path}"
+            for path, error in tailer.unreadable.items():
+                trouble[f"{name}:{path}"] = f"source {name}: cannot read {path}: {error}"
+        for key, text in trouble.items():
+            if self._source_trouble.get(key) != text:
+                for rs in self.checkpoint.reports.values():
+                    rs.stats.add_problem({"kind": "source", "text": text})
+        self._source_trouble = trouble
+
+    # ---- committing ------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Stores first (fsync), then the checkpoint that counts them (atomic rename)."""
+        for name, store in self.stores.items():
+            store.flush()
+            self.checkpoint.reports[name].store_size = store.size
+        for tailer in self.tailers:
+            tailer.sync_states()
+        self.checkpoint.files = {k: v for tailer in self.tailers for k, v in tailer.known.items()}
+        save_checkpoint(self.config.state_dir, self.checkpoint)
+
+    # ---- rotation --------------------------------------------------------------------------
+
+    def period(self, report: ReportConfig) -> Period:
+        start = _parse(self.checkpoint.reports[report.name].stats.start)
+        return period_from(start, report.rotate_at, report.timezone)
+
+    def next_rotation(self) -> datetime:
+        return min(self.period(r).end for r in self.config.reports)
+
+    def rotate_due(self) -> list[Queued]:
+        """Rotate every report whose period has ended (also periods missed while stopped)."""
+        now = self.now()
+        queued = []
+        for report in self.config.reports:
+            period = self.period(report)
+            if now >= period.end:
+                queued.extend(self.rotate(report, period.end))
+        return queued
+
+    def rotate(self, report: ReportConfig, at: datetime | None = None) -> list[Queued]:
+        """Close the report's period at `at` (default now), queue its report, start the next."""
+        self.commit()
+        end = at or self.now()
+        rs = self.checkpoint.reports[report.name]
+        start = _parse(rs.stats.start)
+        day = start.astimezone(report.timezone).date()
+        store = self.stores.get(report.name)
+        size = store.size if store is not None else rs.store_size
+        outbox_id = f"{report.name}-{start.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+        rs.rotating = {
+            "rotated": str(rotated_path(report, day)),
+            "start": _iso(start), "end": _iso(end), "day": day.isoformat(),
+            "stats": rs.stats.to_dict(), "size": size, "outbox_id": outbox_id,
+        }  # fmt: skip
+        # The next period starts where this one ends; a period missed while the agent was down
+        # is not reported twice: the new period is the one that contains now.
+        next_start = max(end, period_of(self.now(), report.rotate_at, report.timezone).start)
+        rs.stats = PeriodStats(start=_iso(next_start))
+        rs.store_size = 0
+        save_checkpoint(self.config.state_dir, self.checkpoint)  # the intent is durable
+        self._finish_rotation(report)
+        return [Queued(report.name, outbox_id, Period(start, end, day))]
+
+    def _finish_rotation(self, report: ReportConfig) -> None:
+        """Steps of a rotation after its intent was committed; each is safe to repeat."""
+        rs = self.checkpoint.reports[report.name]
+        info = rs.rotating
+        assert info is not None
+        rotated = Path(info["rotated"])
+        store = self.stores.pop(report.name, None)
+        if store is not None:
+            store.close()
+        if not rotated.exists():
+            if report.store.exists():
+                os.truncate(report.store, info["size"])
+                os.replace(report.store, rotated)
+            else:
+                rotated.parent.mkdir(parents=True, exist_ok=True)
+                rotated.touch()
+            fsync_dir(rotated.parent)
+        self.stores[report.name] = ReportStore(report, 0)
+        stats = PeriodStats.from_dict(info["stats"])
+        period = Period(
+            _parse(info["start"]), _parse(info["end"]), datetime.fromisoformat(info["day"]).date()
+        )
+        outbox_id = info["outbox_id"]
+        if not self.outbox.contains(outbox_id):
+            if stats.selected == 0 and not report.send_empty:
+                log.info("report.skipped_empty", report=report.name, period=info["day"])
+                rotated.unlink(missing_ok=True)
+            else:
+                self._queue_report(report, period, stats, rotated, outbox_id)
+        rs.rotating = None
+        save_checkpoint(self.config.state_dir, self.checkpoint)
+        prune(report, self.outbox.unsent_files())
+        self.on_queued()
+
+    def _queue_report(
+        self,
+        report: ReportConfig,
+        period: Period,
+        stats: PeriodStats,
+        rotated: Path,
+        outbox_id: str,
+    ) -> None:
+        source_problems = tuple(p["text"] for p in stats.problems if p.get("kind") == "source")
+        delivery_problems = tuple(
+            f"{p.get('period', '?')}: {p.get('text') or p.get('error') or p.get('event', 'failed')}"
+            for p in self.outbox.problems_since_last_delivery(report.name)
+        )
+        message = build_report(
+            ReportInput(
+                report=report,
+                period=period,
+                hostname=self.hostname,
+                version=__version__,
+                built_at=self.now(),
+                stats=stats,
+                rotated_file=rotated if rotated.exists() and rotated.stat().st_size else None,
+                top_fields=self.top_fields(report),
+                source_problems=source_problems,
+                delivery_problems=delivery_problems,
+                sender=self.config.smtp.from_addr,
+                message_id=f"<tailmail.{outbox_id}@{self.hostname}>",
+            )
+        )
+        self.outbox.put(
+            outbox_id,
+            message,
+            {
+                "report": report.name,
+                "period": period.day.isoformat(),
+                "period_start": _iso(period.start),
+                "period_end": _iso(period.end),
+                "recipients": [*report.to, *report.cc],
+                "rotated_file": str(rotated),
+                "compress": report.compress,
+            },
+        )
+        log.info(
+            "report.queued",
+            report=report.name,
+            period=period.day.isoformat(),
+            selected=stats.selected,
+            id=outbox_id,
+        )
+
+    def top_fields(self, report: ReportConfig) -> tuple[str, ...]:
+        if report.top_fields is not None:
+            return report.top_fields
+        fields: dict[str, None] = {}
+        for rule in self.rulebook.rules:
+            if rule.reports is None or report.name in rule.reports:
+                fields.update(dict.fromkeys(rule.fields))
+        return tuple(fields)[:5]

@@ -1,0 +1,277 @@
+"""`tailmail run`: the service's tasks, signals and lifecycle.
+
+Three phases as in uvicorn: start (lock the state, load rules, reconcile the pipeline, finish
+missed rotations), serve (tasks in one TaskGroup: tailing, rotation timer, mail sender, rule
+reloads, control socket, systemd watchdog), stop (a signal only sets a flag; the current pump
+completes and is committed, then the tasks are cancelled). SIGHUP re-reads the configuration
+and, when it is valid, restarts the serve phase with it, without releasing the state lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent import __version__
+from agent.config import Config, load_config
+from agent.control import StateLock, acquire, serve
+from agent.log import setup as setup_logging
+from agent.notify import Notifier
+from agent.outbox import Outbox, OutboxEntry, Sender
+from agent.pipeline import Pipeline
+from agent.rules import RuleBook
+from agent.store import compress, prune
+from agent.watch import Watcher
+from agent.yamlfile import ProblemsError
+
+log = structlog.get_logger("tailmail.service")
+
+RESCAN_SECONDS = 30.0  # safety net for events inotify cannot see (NFS, a directory created later)
+RULES_SETTLE_SECONDS = 0.2  # editors write a file in several steps: reload once they are done
+MAX_TIMER_SECONDS = 60.0  # re-read the wall clock at least this often (suspend, clock steps)
+BACKOFF_MAX = 60.0
+
+
+class Service:
+    """One serve phase for one configuration."""
+
+    def __init__(self, config: Config, notifier: Notifier) -> None:
+        self.config = config
+        self.notifier = notifier
+        self.stop = asyncio.Event()
+        self.reload = asyncio.Event()
+        self.data = asyncio.Event()
+        self.rules_changed = asyncio.Event()
+        self._rescan = False
+        self._heartbeat = time.monotonic()
+        self._failing = False
+        self.rulebook = RuleBook(
+            config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
+        )
+        self.outbox = Outbox(config.state_dir / "outbox")
+        self.sender = Sender(self.outbox, config.smtp, self._delivered)
+        self.pipeline = Pipeline(config, self.rulebook, self.outbox, on_queued=self.sender.wake)
+
+    async def run(self) -> None:
+        """Serve until stop or reload is set."""
+        self._log_problems(self.rulebook.reload())
+        self.pipeline.open()
+        self.pipeline.rotate_due()
+        loop = asyncio.get_running_loop()
+        watcher = Watcher(loop)
+        self._watch(watcher)
+        server = await serve(self.config.state_dir, self._control)
+        if not self.config.smtp.verify_tls:
+            log.warning(
+                "smtp.tls_unverified", host=self.config.smtp.host, hint="verify_tls is false"
+            )
+        self.notifier.ready(self._status())
+        log.info(
+            "service.started",
+            version=__version__,
+            sources=len(self.config.sources),
+            rules=len(self.rulebook.rules),
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._tail()),
+                    tg.create_task(self._timer()),
+                    tg.create_task(self.sender.run()),
+                    tg.create_task(self._rules()),
+                    tg.create_task(self._rescan_loop(watcher)),
+                    tg.create_task(self._watchdog()),
+                ]
+                stop_wait = tg.create_task(self.stop.wait())
+                reload_wait = tg.create_task(self.reload.wait())
+                await asyncio.wait([stop_wait, reload_wait], return_when=asyncio.FIRST_COMPLETED)
+                for task in [*tasks, stop_wait, reload_wait]:
+                    task.cancel()
+        finally:
+            server.close()
+            watcher.stop()
+            with contextlib.suppress(OSError):
+                self.pipeline.commit()
+            self.pipeline.close()
+            (self.config.state_dir / "control.sock").unlink(missing_ok=True)
+
+    # ---- tasks -----------------------------------------------------------------------------
+
+    async def _tail(self) -> None:
+        backoff = 1.0
+        while True:
+            self._heartbeat = time.monotonic()
+            self.data.clear()
+            try:
+                if self._rescan:
+                    self._rescan = False
+                    self.pipeline.rescan()
+                progressed = self.pipeline.pump()
+            except OSError as exc:
+                # The store or the state cannot be written: stop reading (nothing is dropped;
+                # the pending lines and offsets stay in memory) and retry the commit.
+                self._failing = True
+                log.error("pipeline.write_failed", error=str(exc), retry_in=backoff)
+                self.notifier.status(f"cannot write: {exc}; retrying")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                with contextlib.suppress(OSError):
+                    self.pipeline.commit()
+                continue
+            if self._failing:
+                log.info("pipeline.write_recovered")
+                self._failing = False
+                self.notifier.status(self._status())
+            backoff = 1.0
+            if progressed:
+                await asyncio.sleep(0)  # let the other tasks in between big batches
+            else:
+                self.notifier.status(self._status())
+                await self.data.wait()
+
+    async def _timer(self) -> None:
+        while True:
+            if self.pipeline.rotate_due():
+                self.notifier.status(self._status())
+            delay = (self.pipeline.next_rotation() - self.pipeline.now()).total_seconds()
+            await asyncio.sleep(min(max(delay, 0.0), MAX_TIMER_SECONDS))
+
+    async def _rules(self) -> None:
+        while True:
+            await self.rules_changed.wait()
+            await asyncio.sleep(RULES_SETTLE_SECONDS)
+            self.rules_changed.clear()
+            before = self.rulebook.version
+            self._log_problems(self.rulebook.reload())
+            if self.rulebook.version != before:
+                log.info("rules.reloaded", rules=len(self.rulebook.rules))
+
+    async def _rescan_loop(self, watcher: Watcher) -> None:
+        while True:
+            await asyncio.sleep(RESCAN_SECONDS)
+            self._watch(watcher)  # directories that did not exist may exist now
+            self._rescan = True
+            self.data.set()
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            # Ping only if the tail loop has come round recently or is idle and waiting: a loop
+            # stuck in a pump (or a blocked event loop) lets systemd restart us.
+            idle = not self.data.is_set()
+            if idle or time.monotonic() - self._heartbeat < 2 * interval:
+                self.notifier.watchdog()
+
+    # ---- callbacks -------------------------------------------------------------------------
+
+    def _watch(self, watcher: Watcher) -> None:
+        for tailer in self.pipeline.tailers:
+            for directory in tailer.watch_dirs():
+                recursive = directory != Path(tailer.config.path).parent
+                watcher.watch(directory, self._on_source_event, recursive=recursive)
+        watcher.watch(self.config.rules_dir, self._on_rules_event)
+
+    def _on_source_event(self, path: str, renamed: bool) -> None:
+        if renamed:
+            self._rescan = True
+        self.data.set()
+
+    def _on_rules_event(self, path: str, renamed: bool) -> None:
+        self.rules_changed.set()
+
+    def _delivered(self, entry: OutboxEntry) -> None:
+        meta = entry.meta
+        rotated = meta.get("rotated_file")
+        report = next((r for r in self.config.reports if r.name == meta.get("report")), None)
+        if rotated and meta.get("compress") == "gzip" and Path(rotated).exists():
+            try:
+                compress(Path(rotated))
+            except OSError as exc:
+                log.error("store.compress_failed", path=rotated, error=str(exc))
+        if report is not None:
+            prune(report, self.outbox.unsent_files())
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("cmd") == "rotate":
+            name = request.get("report")
+            reports = [r for r in self.config.reports if name in (None, r.name)]
+            if not reports:
+                return {"ok": False, "error": f"no report named {name!r}"}
+            self.pipeline.pump()  # what was written before the request belongs to this period
+            queued = []
+            for report in reports:
+                queued.extend(q.outbox_id for q in self.pipeline.rotate(report))
+            return {"ok": True, "queued": queued}
+        if request.get("cmd") == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+
+    def _status(self) -> str:
+        behind = self.pipeline.behind()
+        counts = self.outbox.counts(time.time())
+        return f"{behind} bytes behind; outbox {counts.get('queued', 0)} queued, {counts.get('failed', 0)} failed"
+
+    def _log_problems(self, problems: list[Any]) -> None:
+        for problem in problems:
+            log.error("rules.problem", problem=str(problem))
+
+
+async def run(config_path: Path, config: Config) -> int:
+    """The whole service: lock, serve (again after each SIGHUP), release."""
+    notifier = Notifier()
+    lock = StateLock(config.state_dir)
+    await acquire(lock, timeout=30.0)
+    loop = asyncio.get_running_loop()
+    current: Service | None = None
+
+    def on_stop() -> None:
+        if current is not None:
+            current.stop.set()
+
+    def on_reload() -> None:
+        if current is not None:
+            current.reload.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    try:
+        while True:
+            current = Service(config, notifier)
+            await current.run()
+            if current.stop.is_set():
+                break
+            notifier.reloading()
+            try:
+                new = load_config(config_path)
+                if new.state_dir != config.state_dir:
+                    log.error(
+                        "config.reload_failed",
+                        reason="state_dir cannot change on reload; restart the service",
+                    )
+                else:
+                    config = new
+                    setup_logging(config.log)
+                    log.info("config.reloaded", path=str(config_path))
+            except ProblemsError as exc:
+                for problem in exc.problems:
+                    log.error("config.problem", problem=str(problem))
+                log.error("config.reload_failed", hint="keeping the running configuration")
+        notifier.stopping()
+        log.info("service.stopped")
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        lock.close()
+        notifier.close()
