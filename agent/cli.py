@@ -287,7 +287,7 @@ def _rotate_offline(config: Config, only: str | None) -> list[str]:
         pipeline.rotate_due()
         while pipeline.pump():  # lines written while the service was down belong to this period
             pass
-        queued = []
+        queued: list[str] = []
         for report in config.reports:
             if only in (None, report.name):
                 queued.extend(q.outbox_id for q in pipeline.rotate(report))

@@ -54,10 +54,10 @@ class StateLock:
         os.close(self.fd)  # closing the descriptor releases the flock
 
 
-async def acquire(lock: StateLock, timeout: float) -> None:
+async def acquire(lock: StateLock, within: float) -> None:
     """Wait for the lock (a `rotate` run without the service may hold it for a moment)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     delay = 0.05
     while not lock.try_acquire():
         if loop.time() >= deadline:
@@ -91,10 +91,10 @@ async def serve(state_dir: Path, handler: Handler) -> asyncio.AbstractServer:
 
 
 async def request(
-    state_dir: Path, message: dict[str, Any], timeout: float = 300.0
+    state_dir: Path, message: dict[str, Any], within: float = 300.0
 ) -> dict[str, Any]:
     """Send one request to the running service and wait for its answer."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         reader, writer = await asyncio.open_unix_connection(str(state_dir / SOCKET))
         try:
             writer.write(orjson.dumps(message) + b"\n")

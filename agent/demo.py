@@ -206,7 +206,7 @@ log:
         out.write("  appended 500 more events while it runs; waiting for it to catch up\n")
         _wait(lambda: _caught_up(folder / "state", log_path), "the agent to read the log")
         reply = asyncio.run(
-            control.request(folder / "state", {"cmd": "rotate", "report": None}, timeout=DEADLINE)
+            control.request(folder / "state", {"cmd": "rotate", "report": None}, within=DEADLINE)
         )
         if not reply.get("ok"):
             raise RuntimeError(f"rotation failed: {reply.get('error')}")

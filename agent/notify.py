@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -26,10 +27,8 @@ class Notifier:
     def send(self, *fields: str) -> None:
         if self._sock is None:
             return
-        try:
+        with contextlib.suppress(OSError):  # systemd going away must not take the agent down
             self._sock.sendto("\n".join(fields).encode(), self._address)
-        except OSError:
-            pass  # systemd going away must not take the agent down
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")

@@ -208,7 +208,7 @@ class Service:
             if not reports:
                 return {"ok": False, "error": f"no report named {name!r}"}
             self.pipeline.pump()  # what was written before the request belongs to this period
-            queued = []
+            queued: list[str] = []
             for report in reports:
                 queued.extend(q.outbox_id for q in self.pipeline.rotate(report))
             return {"ok": True, "queued": queued}
@@ -230,7 +230,7 @@ async def run(config_path: Path, config: Config) -> int:
     """The whole service: lock, serve (again after each SIGHUP), release."""
     notifier = Notifier()
     lock = StateLock(config.state_dir)
-    await acquire(lock, timeout=30.0)
+    await acquire(lock, within=10.0)
     loop = asyncio.get_running_loop()
     current: Service | None = None
 

@@ -7,6 +7,7 @@ tailing code stays single-threaded. Nothing here polls: with no writes, no threa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,10 +32,9 @@ class _Handler(FileSystemEventHandler):
             return
         renamed = event.event_type in ("created", "moved", "deleted")
         path = event.dest_path if event.event_type == "moved" else event.src_path
-        try:
+        # RuntimeError: the loop closed while the observer was stopping.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._callback, str(path), renamed)
-        except RuntimeError:  # the loop closed while the observer was stopping
-            pass
 
 
 class Watcher:

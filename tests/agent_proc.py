@@ -84,8 +84,9 @@ class Agent:
 
     def saw(self, field: str) -> bool:
         """Whether the agent has sent this sd_notify field (e.g. READY=1)."""
-        self.notify.settimeout(0.2)
-        self._drain()
+        if self.notify.fileno() >= 0:
+            self.notify.settimeout(0.2)
+            self._drain()
         return any(m == field or m.startswith(field) for m in self.messages)
 
     def wait_ready(self) -> Agent:
@@ -98,7 +99,8 @@ class Agent:
         return self
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: signal.Signals) -> None:
@@ -122,6 +124,8 @@ class Agent:
         self.close()
 
     def close(self) -> None:
+        if self.notify.fileno() < 0:
+            return
         self._drain()
         self.notify.close()
         self.notify_path.unlink(missing_ok=True)
