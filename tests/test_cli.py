@@ -15,9 +15,28 @@ def base_config(tmp_path: Path, **smtp: Any) -> dict[str, Any]:
     return {
         "state_dir": str(tmp_path / "state"),
         "rules_dir": str(tmp_path / "rules.d"),
-        "sources": [{"name": "app", "path": str(tmp_path / "logs" / "*.json"), "start_at": "beginning", "time_field": "ts"}],
-        "reports": [{"name": "daily", "store": str(tmp_path / "store" / "daily.jsonl"), "to": ["ops@example.com"]}],
-        "smtp": {"host": "127.0.0.1", "port": 2525, "security": "none", "from": "tailmail@example.com", **smtp},
+        "sources": [
+            {
+                "name": "app",
+                "path": str(tmp_path / "logs" / "*.json"),
+                "start_at": "beginning",
+                "time_field": "ts",
+            }
+        ],
+        "reports": [
+            {
+                "name": "daily",
+                "store": str(tmp_path / "store" / "daily.jsonl"),
+                "to": ["ops@example.com"],
+            }
+        ],
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": 2525,
+            "security": "none",
+            "from": "tailmail@example.com",
+            **smtp,
+        },
     }
 
 
@@ -51,9 +70,15 @@ def test_check_reports_every_problem_with_file_and_line(tmp_path: Path) -> None:
     result = tailmail("check", "-c", str(config))
     assert result.returncode == 2
     lines = result.stderr.splitlines()
-    assert any(line.startswith(f"{config}:2: unknown key 'colour'") for line in lines), result.stderr
-    assert any(line.startswith(f"{config}:6: start_at must be one of end, beginning") for line in lines), result.stderr
-    assert any(line.startswith(f"{config}:10: to: ") and "not an email address" in line for line in lines), result.stderr
+    assert any(line.startswith(f"{config}:2: unknown key 'colour'") for line in lines), (
+        result.stderr
+    )
+    assert any(
+        line.startswith(f"{config}:6: start_at must be one of end, beginning") for line in lines
+    ), result.stderr
+    assert any(
+        line.startswith(f"{config}:10: to: ") and "not an email address" in line for line in lines
+    ), result.stderr
 
 
 def test_check_reports_rule_problems_with_file_and_line(tmp_path: Path) -> None:
@@ -126,7 +151,9 @@ def test_test_rules_with_an_explicit_rules_path(tmp_path: Path) -> None:
     rule.write_text("name: big\nmatch:\n  bytes: {gte: 100}\n")
     sample = tmp_path / "s.json"
     sample.write_text('{"bytes": 100}\n{"bytes": "100"}\n{"bytes": 99.5}\n')
-    result = tailmail("test-rules", "-c", str(tmp_path / "missing.yaml"), "--rules", str(rule), str(sample))
+    result = tailmail(
+        "test-rules", "-c", str(tmp_path / "missing.yaml"), "--rules", str(rule), str(sample)
+    )
     assert result.returncode == 0, result.stderr
     assert "big: 1 match(es)" in result.stdout
 

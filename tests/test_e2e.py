@@ -31,7 +31,14 @@ def make_config(tmp_path: Path, server: SmtpServer, **report: Any) -> Path:
     config = {
         "state_dir": str(tmp_path / "state"),
         "rules_dir": str(tmp_path / "rules.d"),
-        "sources": [{"name": "app", "path": str(tmp_path / "logs" / "events*.json"), "start_at": "beginning", "time_field": "ts"}],
+        "sources": [
+            {
+                "name": "app",
+                "path": str(tmp_path / "logs" / "events*.json"),
+                "start_at": "beginning",
+                "time_field": "ts",
+            }
+        ],
         "reports": [
             {
                 "name": "daily",
@@ -85,7 +92,7 @@ def events(n: int, seed: int = 0) -> list[dict[str, Any]]:
             "event": kinds[(i * 7 + seed) % len(kinds)],
             "level": levels[(i * 5 + seed) % len(levels)],
             "remote_ip": f"10.1.2.{i % 250}" if (i + seed) % 3 == 0 else f"198.51.100.{i % 250}",
-            "msg": f"event {i} <b>näive</b> \"quoted\"",
+            "msg": f'event {i} <b>näive</b> "quoted"',
             "n": i,
         }
         for i in range(n)
@@ -133,7 +140,9 @@ def agents() -> Iterator[list[Agent]]:
             agent.kill()
 
 
-def test_selected_lines_arrive_as_the_attachment(tmp_path: Path, server: SmtpServer, agents: list[Agent]) -> None:
+def test_selected_lines_arrive_as_the_attachment(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
     """Events appended to a log come back as exactly the selected lines, in order, in the emailed report."""
     config = make_config(tmp_path, server)
     (tmp_path / "rules.d" / "failed-logins.yaml").write_text(FAILED_LOGINS)
@@ -154,7 +163,9 @@ def test_selected_lines_arrive_as_the_attachment(tmp_path: Path, server: SmtpSer
     assert attachment_lines(msg) == expected
     assert server.messages[0].rcpt_tos == ["ops@example.com", "boss@example.com"]
     assert "AUTH PLAIN" in server.commands or "AUTH LOGIN" in server.commands
-    assert server.commands.index("STARTTLS") < next(i for i, c in enumerate(server.commands) if c.startswith("AUTH"))
+    assert server.commands.index("STARTTLS") < next(
+        i for i, c in enumerate(server.commands) if c.startswith("AUTH")
+    )
     text = msg.get_body(("plain",))
     assert text is not None
     body = text.get_content()
@@ -164,10 +175,15 @@ def test_selected_lines_arrive_as_the_attachment(tmp_path: Path, server: SmtpSer
     assert agent.saw("STOPPING=1")
     assert PASSWORD not in agent.log()
     # Delivered: the rotated file is compressed beside the store.
-    assert wait_for(lambda: list((tmp_path / "store").glob("daily-*.jsonl.gz")), "the rotated file to be compressed")
+    assert wait_for(
+        lambda: list((tmp_path / "store").glob("daily-*.jsonl.gz")),
+        "the rotated file to be compressed",
+    )
 
 
-def test_restart_resumes_without_loss_or_duplicates(tmp_path: Path, server: SmtpServer, agents: list[Agent]) -> None:
+def test_restart_resumes_without_loss_or_duplicates(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
     """Stopping, writing while stopped, and starting again stores every selected line exactly once."""
     config = make_config(tmp_path, server)
     (tmp_path / "rules.d" / "failed-logins.yaml").write_text(FAILED_LOGINS)
@@ -185,12 +201,16 @@ def test_restart_resumes_without_loss_or_duplicates(tmp_path: Path, server: Smtp
     wait_for(lambda: caught_up(tmp_path, log), "all batches")
     assert tailmail("rotate", "-c", str(config)).returncode == 0
     [msg] = received(server)
-    expected = [line for line, e in zip(lines, batch1 + batch2 + batch3, strict=True) if failed_login(e)]
+    expected = [
+        line for line, e in zip(lines, batch1 + batch2 + batch3, strict=True) if failed_login(e)
+    ]
     assert attachment_lines(msg) == expected
     agent.stop()
 
 
-def test_rule_files_are_hot_reloaded(tmp_path: Path, server: SmtpServer, agents: list[Agent]) -> None:
+def test_rule_files_are_hot_reloaded(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
     """A rule file added while running selects new events; a broken edit keeps the previous version."""
     config = make_config(tmp_path, server)
     log = tmp_path / "logs" / "events.json"
@@ -203,7 +223,10 @@ def test_rule_files_are_hot_reloaded(tmp_path: Path, server: SmtpServer, agents:
     append(log, [{"level": "error", "n": 1}, {"level": "info", "n": 2}])
     wait_for(lambda: caught_up(tmp_path, log), "the first events")
     rule.write_text("name: errors\nmatch:\n  level: {in: not-a-list}\n")
-    wait_for(lambda: "rules.problem" in agent.log() and f"{rule}:3" in agent.log(), "the broken rule to be reported with its line")
+    wait_for(
+        lambda: "rules.problem" in agent.log() and f"{rule}:3" in agent.log(),
+        "the broken rule to be reported with its line",
+    )
     append(log, [{"level": "error", "n": 3}, {"level": "warning", "n": 4}])
     wait_for(lambda: caught_up(tmp_path, log), "the second events")
     assert tailmail("rotate", "-c", str(config)).returncode == 0
@@ -212,7 +235,9 @@ def test_rule_files_are_hot_reloaded(tmp_path: Path, server: SmtpServer, agents:
     agent.stop()
 
 
-def test_sighup_reloads_config_and_rules(tmp_path: Path, server: SmtpServer, agents: list[Agent]) -> None:
+def test_sighup_reloads_config_and_rules(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
     """SIGHUP re-reads the config: a new rules_dir takes effect without a restart."""
     config = make_config(tmp_path, server)
     (tmp_path / "rules.d" / "errors.yaml").write_text("match:\n  level: error\n")
@@ -238,7 +263,9 @@ def test_sighup_reloads_config_and_rules(tmp_path: Path, server: SmtpServer, age
     assert agent.stop() == 0
 
 
-def test_new_files_matching_the_glob_are_read_from_the_start(tmp_path: Path, server: SmtpServer, agents: list[Agent]) -> None:
+def test_new_files_matching_the_glob_are_read_from_the_start(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
     """A file that appears after start and matches the source glob is picked up and read whole."""
     config = make_config(tmp_path, server)
     (tmp_path / "rules.d" / "all.yaml").write_text("match:\n  n: {exists: true}\n")
@@ -248,14 +275,19 @@ def test_new_files_matching_the_glob_are_read_from_the_start(tmp_path: Path, ser
     agents.append(agent)
     second = tmp_path / "logs" / "events-2.json"
     append(second, [{"n": 2}, {"n": 3}])
-    wait_for(lambda: caught_up(tmp_path, second) and caught_up(tmp_path, first), "the new file to be read")
+    wait_for(
+        lambda: caught_up(tmp_path, second) and caught_up(tmp_path, first),
+        "the new file to be read",
+    )
     assert tailmail("rotate", "-c", str(config)).returncode == 0
     [msg] = received(server)
     assert sorted(orjson.loads(x)["n"] for x in attachment_lines(msg)) == [1, 2, 3]
     agent.stop()
 
 
-def test_rotate_without_service_queues_and_the_service_delivers(tmp_path: Path, server: SmtpServer, agents: list[Agent]) -> None:
+def test_rotate_without_service_queues_and_the_service_delivers(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
     """`tailmail rotate` with no service running queues the report; the service sends it when it starts."""
     config = make_config(tmp_path, server)
     (tmp_path / "rules.d" / "all.yaml").write_text("match:\n  n: {gte: 2}\n")
@@ -271,7 +303,9 @@ def test_rotate_without_service_queues_and_the_service_delivers(tmp_path: Path, 
     agent.stop()
 
 
-def test_empty_period_sends_a_mail_that_says_so(tmp_path: Path, server: SmtpServer, agents: list[Agent]) -> None:
+def test_empty_period_sends_a_mail_that_says_so(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
     """A period with nothing selected gets a report with no attachment that says so."""
     config = make_config(tmp_path, server)
     (tmp_path / "rules.d" / "none.yaml").write_text("match:\n  level: fatal\n")
@@ -287,7 +321,9 @@ def test_empty_period_sends_a_mail_that_says_so(tmp_path: Path, server: SmtpServ
     agent.stop()
 
 
-def test_sd_notify_ready_status_and_stopping(tmp_path: Path, server: SmtpServer, agents: list[Agent]) -> None:
+def test_sd_notify_ready_status_and_stopping(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
     """With NOTIFY_SOCKET set the agent sends READY, STATUS and, on SIGTERM, STOPPING, then exits 0."""
     config = make_config(tmp_path, server)
     agent = Agent(config, tmp_path, env={"WATCHDOG_USEC": "400000"}).wait_ready()
@@ -299,7 +335,9 @@ def test_sd_notify_ready_status_and_stopping(tmp_path: Path, server: SmtpServer,
     assert agent.saw("STOPPING=1")
 
 
-def test_second_instance_on_the_same_state_is_refused(tmp_path: Path, server: SmtpServer, agents: list[Agent]) -> None:
+def test_second_instance_on_the_same_state_is_refused(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
     """Two services on one state_dir would race: the second waits for the lock, then exits 1 saying why."""
     config = make_config(tmp_path, server)
     agent = Agent(config, tmp_path).wait_ready()

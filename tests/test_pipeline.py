@@ -1,0 +1,311 @@
+"""The pipeline with real files and a clock the test sets: routing, commits, rotation, recovery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+
+from agent.config import Config, ReportConfig, SmtpConfig, SourceConfig
+from agent.outbox import Outbox
+from agent.pipeline import Pipeline
+from agent.rules import RuleBook
+from agent.state import load_checkpoint
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+class Clock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now.timestamp()
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def make(
+    tmp_path: Path,
+    reports: list[ReportConfig] | None = None,
+    sources: list[SourceConfig] | None = None,
+) -> Config:
+    (tmp_path / "rules.d").mkdir(exist_ok=True)
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    return Config(
+        path=tmp_path / "config.yaml",
+        state_dir=tmp_path / "state",
+        rules_dir=tmp_path / "rules.d",
+        sources=tuple(
+            sources or [SourceConfig("app", str(tmp_path / "logs" / "*.json"), "beginning", "ts")]
+        ),
+        reports=tuple(reports or [report(tmp_path, "daily")]),
+        smtp=SmtpConfig(
+            host="127.0.0.1", from_addr="tailmail@example.com", security="none", port=2525
+        ),
+    )
+
+
+def report(tmp_path: Path, name: str, **kw: Any) -> ReportConfig:
+    kw.setdefault("timezone", UTC_ZONE)
+    return ReportConfig(
+        name=name, store=tmp_path / "store" / f"{name}.jsonl", to=("ops@example.com",), **kw
+    )
+
+
+def open_pipeline(config: Config, clock: Clock) -> Pipeline:
+    book = RuleBook(
+        config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
+    )
+    assert book.reload() == []
+    pipeline = Pipeline(config, book, Outbox(config.state_dir / "outbox"), clock=clock)
+    pipeline.open()
+    return pipeline
+
+
+def write(path: Path, *items: Any, raw: bytes = b"") -> list[bytes]:
+    lines = [orjson.dumps(i) for i in items]
+    with path.open("ab") as f:
+        f.write(b"".join(line + b"\n" for line in lines) + raw)
+    return lines
+
+
+def drain(pipeline: Pipeline) -> None:
+    pipeline.rescan()  # the service does this on inotify events
+    while pipeline.pump():
+        pass
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(datetime(2026, 11, 21, 10, 0, tzinfo=UTC))
+
+
+def test_event_selected_by_several_rules_is_stored_once_per_report(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Routing by sources/reports; an event stored once per report however many rules select it."""
+    cfg = make(
+        tmp_path,
+        reports=[report(tmp_path, "ops"), report(tmp_path, "sec")],
+        sources=[
+            SourceConfig("app", str(tmp_path / "logs" / "app.json"), "beginning"),
+            SourceConfig("web", str(tmp_path / "logs" / "web.json"), "beginning"),
+        ],
+    )
+    (cfg.rules_dir / "errors.yaml").write_text("match:\n  level: error\n")
+    (cfg.rules_dir / "logins.yaml").write_text(
+        "reports: [sec]\nsources: [app]\nmatch:\n  event: {startswith: login.}\n"
+    )
+    app = write(
+        tmp_path / "logs" / "app.json",
+        {"level": "error", "event": "login.failed"},
+        {"level": "info", "event": "login.ok"},
+    )
+    web = write(
+        tmp_path / "logs" / "web.json",
+        {"level": "error", "event": "login.failed"},
+        {"level": "info"},
+    )
+    pipeline = open_pipeline(cfg, clock)
+    drain(pipeline)
+    ops = (tmp_path / "store" / "ops.jsonl").read_bytes().splitlines()
+    sec = (tmp_path / "store" / "sec.jsonl").read_bytes().splitlines()
+    assert sorted(ops) == sorted([app[0], web[0]])
+    assert sorted(sec) == sorted([app[0], app[1], web[0]])
+    stats = load_checkpoint(cfg.state_dir).reports
+    assert stats["ops"].stats.per_rule == {"errors": 2}
+    assert stats["sec"].stats.per_rule == {"errors": 2, "logins": 2}
+    assert stats["sec"].stats.selected == 3
+    assert stats["ops"].stats.read == 4
+    pipeline.close()
+
+
+def test_bad_lines_are_counted_with_reason_and_offset(tmp_path: Path, clock: Clock) -> None:
+    """Malformed, non-object, invalid UTF-8, NUL, empty and over-long lines are counted and located."""
+    cfg = make(
+        tmp_path,
+        sources=[SourceConfig("app", str(tmp_path / "logs" / "a.json"), "beginning", None, 64)],
+    )
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    good = orjson.dumps({"n": 1})
+    raw = (
+        b"{oops\n"
+        + b"[1,2]\n"
+        + b'{"s":"\xff"}\n'
+        + b"\x00\x00\x00\n"
+        + b"\n"
+        + b'{"x":"'
+        + b"y" * 100
+        + b'"}\n'
+        + good
+        + b"\n"
+    )
+    (tmp_path / "logs" / "a.json").write_bytes(raw)
+    pipeline = open_pipeline(cfg, clock)
+    drain(pipeline)
+    stats = load_checkpoint(cfg.state_dir).reports["daily"].stats
+    assert stats.skipped == {
+        "malformed JSON": 1, "not a JSON object": 1, "invalid UTF-8": 1, "NUL bytes": 1, "empty": 1, "line too long": 1,
+    }  # fmt: skip
+    offsets = {p["reason"]: p["offset"] for p in stats.problems}
+    assert offsets["malformed JSON"] == 0
+    assert offsets["not a JSON object"] == 6
+    assert offsets["line too long"] == raw.index(b'{"x"')
+    assert (tmp_path / "store" / "daily.jsonl").read_bytes() == good + b"\n"
+    pipeline.close()
+
+
+def test_scheduled_rotation_queues_one_report_and_starts_a_new_period(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """At rotate_at the store becomes the period's file, a report is queued, the next period starts empty."""
+    cfg = make(tmp_path)
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    lines = write(
+        tmp_path / "logs" / "a.json",
+        {"n": 1, "ts": "2026-11-21T09:30:00Z"},
+        {"n": 2, "ts": "2026-11-21T09:45:00Z"},
+    )
+    pipeline = open_pipeline(cfg, clock)
+    drain(pipeline)
+    assert pipeline.rotate_due() == []
+    assert pipeline.next_rotation() == datetime(2026, 11, 22, tzinfo=UTC)
+    clock.now = datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC)
+    [queued] = pipeline.rotate_due()
+    assert queued.outbox_id == "daily-20261121T000000Z"
+    rotated = tmp_path / "store" / "daily-2026-11-21.jsonl"
+    assert rotated.read_bytes().splitlines() == lines
+    assert (tmp_path / "store" / "daily.jsonl").read_bytes() == b""
+    [entry] = pipeline.outbox.entries()
+    assert entry.meta["rotated_file"] == str(rotated)
+    state = load_checkpoint(cfg.state_dir).reports["daily"]
+    assert state.rotating is None
+    assert state.stats.start == "2026-11-22T00:00:00+00:00"
+    assert state.stats.selected == 0
+    assert pipeline.rotate_due() == []
+    pipeline.close()
+
+
+def test_rotation_missed_while_stopped_happens_at_start(tmp_path: Path, clock: Clock) -> None:
+    """A period that ended while the agent was down is rotated once at start; the new period is today's."""
+    cfg = make(tmp_path)
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    write(tmp_path / "logs" / "a.json", {"n": 1})
+    pipeline = open_pipeline(cfg, clock)
+    drain(pipeline)
+    pipeline.close()
+    clock.now = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)  # three days later
+    pipeline = open_pipeline(cfg, clock)
+    [queued] = pipeline.rotate_due()
+    assert queued.period.day.isoformat() == "2026-11-21"
+    state = load_checkpoint(cfg.state_dir).reports["daily"]
+    assert state.stats.start == "2026-11-24T00:00:00+00:00"
+    assert pipeline.rotate_due() == []
+    pipeline.close()
+
+
+def test_dst_day_period_is_25_hours(tmp_path: Path) -> None:
+    """In Europe/Berlin the period of 2026-10-25 ends 25 hours after it starts, at local midnight."""
+    berlin = ZoneInfo("Europe/Berlin")
+    clock = Clock(datetime(2026, 10, 25, 12, 0, tzinfo=berlin).astimezone(UTC))
+    cfg = make(tmp_path, reports=[report(tmp_path, "daily", timezone=berlin, rotate_at=time(0, 0))])
+    pipeline = open_pipeline(cfg, clock)
+    period = pipeline.period(cfg.reports[0])
+    assert period.end - period.start == timedelta(hours=25)
+    assert period.end.astimezone(berlin).hour == 0
+    clock.now = period.end - timedelta(seconds=1)
+    assert pipeline.rotate_due() == []
+    clock.now = period.end
+    assert len(pipeline.rotate_due()) == 1
+    pipeline.close()
+
+
+def test_crash_during_rotation_is_finished_at_start(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the rotation's intent is committed leaves exactly one queued report with every line."""
+    cfg = make(tmp_path)
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    lines = write(tmp_path / "logs" / "a.json", *({"n": i} for i in range(50)))
+    pipeline = open_pipeline(cfg, clock)
+    drain(pipeline)
+
+    class Crash(BaseException):
+        pass
+
+    def crash(self: Pipeline, report: ReportConfig) -> None:
+        raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(Pipeline, "_finish_rotation", crash)
+        with pytest.raises(Crash):
+            pipeline.rotate(cfg.reports[0])
+    pipeline.close()
+    assert load_checkpoint(cfg.state_dir).reports["daily"].rotating is not None
+    again = open_pipeline(cfg, clock)
+    [entry] = again.outbox.entries()
+    rotated = Path(entry.meta["rotated_file"])
+    assert rotated.read_bytes().splitlines() == lines
+    assert (tmp_path / "store" / "daily.jsonl").read_bytes() == b""
+    assert again.rotate_due() == []
+    again.close()
+    # Opening once more changes nothing: the rotation is finished for good.
+    third = open_pipeline(cfg, clock)
+    assert len(third.outbox.entries()) == 1
+    third.close()
+
+
+def test_uncommitted_store_tail_is_cut_and_stored_again_once(tmp_path: Path, clock: Clock) -> None:
+    """Bytes in the store beyond the committed size (a run that died before its checkpoint) are cut on start."""
+    cfg = make(tmp_path)
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    lines = write(tmp_path / "logs" / "a.json", {"n": 1})
+    pipeline = open_pipeline(cfg, clock)
+    drain(pipeline)
+    pipeline.close()
+    store = tmp_path / "store" / "daily.jsonl"
+    with store.open("ab") as f:
+        f.write(b'{"n": 2}\n')  # as if stored but never committed
+    lines += write(tmp_path / "logs" / "a.json", {"n": 2})
+    pipeline = open_pipeline(cfg, clock)
+    drain(pipeline)
+    assert store.read_bytes().splitlines() == lines
+    pipeline.close()
+
+
+def test_empty_period_without_send_empty_queues_nothing(tmp_path: Path, clock: Clock) -> None:
+    """With send_empty false, a period with no selected event sends no mail and leaves no file."""
+    cfg = make(tmp_path, reports=[report(tmp_path, "daily", send_empty=False)])
+    pipeline = open_pipeline(cfg, clock)
+    assert pipeline.rotate(cfg.reports[0])
+    assert pipeline.outbox.entries() == []
+    assert list((tmp_path / "store").glob("daily-*")) == []
+    pipeline.close()
+
+
+def test_retention_never_deletes_the_file_of_an_unsent_report(tmp_path: Path, clock: Clock) -> None:
+    """keep: 1 prunes old rotated files only once their reports have left the outbox."""
+    cfg = make(tmp_path, reports=[report(tmp_path, "daily", keep=1)])
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    pipeline = open_pipeline(cfg, clock)
+    for i in range(3):
+        write(tmp_path / "logs" / "a.json", {"n": i})
+        drain(pipeline)
+        pipeline.rotate(cfg.reports[0])
+        clock.advance(minutes=1)
+    assert len(list((tmp_path / "store").glob("daily-*"))) == 3
+    for entry in pipeline.outbox.entries():
+        pipeline.outbox.remove(entry)
+    write(tmp_path / "logs" / "a.json", {"n": 9})
+    drain(pipeline)
+    pipeline.rotate(cfg.reports[0])
+    remaining = list((tmp_path / "store").glob("daily-*"))
+    assert len(remaining) == 1
+    assert remaining[0].read_bytes() == b'{"n":9}\n'
+    pipeline.close()
