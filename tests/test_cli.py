@@ -183,3 +183,40 @@ def test_rotate_rejects_an_unknown_report(tmp_path: Path) -> None:
     result = tailmail("rotate", "-c", str(config), "--report", "weekly")
     assert result.returncode == 1
     assert "no report named 'weekly'; reports: daily" in result.stderr
+
+
+def test_logs_are_json_lines_off_a_terminal_and_readable_on_one(tmp_path: Path) -> None:
+    """log.format auto: JSON lines when stderr is a pipe, console lines when it is a terminal."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path / "config.yaml", base_config(tmp_path))
+    piped = tailmail("rotate", "-c", str(config))
+    assert piped.returncode == 0, piped.stderr
+    queued = [line for line in piped.stderr.splitlines() if "report.queued" in line]
+    assert queued and orjson.loads(queued[0])["event"] == "report.queued"
+
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", "rotate", "-c", str(config)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary, timeout=60,
+        )  # fmt: skip
+        os.close(secondary)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0
+    text = output.decode(errors="replace")
+    assert "report.queued" in text
+    assert not text.lstrip().startswith("{"), "a terminal gets console lines, not JSON"
