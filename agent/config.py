@@ -6,6 +6,7 @@ collects them all and raises `ProblemsError`, so `tailmail check` can show every
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import string
@@ -130,6 +131,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 90s, 15m or 5d")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 2h or 5d")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)
@@ -164,6 +167,11 @@ def check_address(value: str) -> str | None:
         return "contains a line break or NUL, which could inject mail headers"
     m = _NAME_ADDR.match(value.strip())
     addr = m.group(2).strip() if m else value.strip()
+    name = m.group(1).strip() if m else ""
+    quoted = len(name) >= 2 and name.startswith('"') and name.endswith('"')
+    if name and not quoted and any(c in name for c in ',;:<>@"()[]\\'):
+        # Unquoted, "Ops, Team <ops@example.com>" would become two recipients in a To: header.
+        return f"display name {name!r} has special characters; put it in double quotes: '\"{name}\" <{addr}>'"
     if not _ADDR.match(addr):
         return f"{value!r} is not an email address"
     return None
@@ -509,6 +517,8 @@ def _smtp(r: _Reader, top: Map, base: Path) -> SmtpConfig | None:
         if pw_path is not None:
             try:
                 password = pw_path.read_text(encoding="utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                r.problem(m.line_of("password_file"), f"password_file {pw_path} is not UTF-8 text")
             except OSError as exc:
                 r.problem(
                     m.line_of("password_file"), f"password_file {pw_path}: {exc.strerror or exc}"
@@ -529,6 +539,11 @@ def _smtp(r: _Reader, top: Map, base: Path) -> SmtpConfig | None:
     timeout = r.convert(m, "timeout", parse_duration, 30.0)
     if timeout <= 0:
         r.problem(m.line_of("timeout"), "timeout must be more than 0")
+    verify_tls = r.boolean(m, "verify_tls", True)
+    max_per_hour = r.integer(m, "max_per_hour", 100, minimum=1)
+    retry_for = r.convert(m, "retry_for", parse_duration, 5 * 86400.0)
+    retry_initial = r.convert(m, "retry_initial", parse_duration, 300.0)
+    retry_max = r.convert(m, "retry_max", parse_duration, 3600.0)
     if host is None or from_addr is None:
         return None
     return SmtpConfig(
@@ -536,15 +551,15 @@ def _smtp(r: _Reader, top: Map, base: Path) -> SmtpConfig | None:
         from_addr=from_addr,
         port=port,
         security=security,  # type: ignore[arg-type]
-        verify_tls=r.boolean(m, "verify_tls", True),
+        verify_tls=verify_tls,
         ca_file=ca_file,
         username=username or None,
         password=password,
         timeout=timeout,
-        max_per_hour=r.integer(m, "max_per_hour", 100, minimum=1),
-        retry_for=r.convert(m, "retry_for", parse_duration, 5 * 86400.0),
-        retry_initial=r.convert(m, "retry_initial", parse_duration, 300.0),
-        retry_max=r.convert(m, "retry_max", parse_duration, 3600.0),
+        max_per_hour=max_per_hour,
+        retry_for=retry_for,
+        retry_initial=retry_initial,
+        retry_max=retry_max,
         allow_plaintext_auth=allow_plain,
     )
 

@@ -50,13 +50,25 @@ def boundary(day: date, at: time, tz: ZoneInfo) -> datetime:
 
 
 def period_of(instant: datetime, at: time, tz: ZoneInfo) -> Period:
-    """The period containing `instant` (aware)."""
-    day = instant.astimezone(tz).date()
+    """The period containing `instant` (aware).
+
+    It starts at the latest boundary at or before `instant` and ends at the first boundary after
+    its start. Neighbouring days are searched, and days whose boundary coincides with the next
+    one are skipped, because a zone can skip a local hour (Nuuk's gap at midnight) or a whole
+    local day (Samoa, 2011-12-30).
+    """
+    local_day = instant.astimezone(tz).date()
+    day = local_day + timedelta(days=1)
     start = boundary(day, at, tz)
-    if start > instant:
+    while start > instant:
         day -= timedelta(days=1)
         start = boundary(day, at, tz)
-    return Period(start, boundary(day + timedelta(days=1), at, tz), day)
+    end_day = day + timedelta(days=1)
+    end = boundary(end_day, at, tz)
+    while end <= start:
+        end_day += timedelta(days=1)
+        end = boundary(end_day, at, tz)
+    return Period(start, end, day)
 
 
 def period_from(start: datetime, at: time, tz: ZoneInfo) -> Period:

@@ -94,66 +94,123 @@ def _int_1_2(loader: _Loader, node: yaml.ScalarNode) -> int:
 _Loader.add_constructor("tag:yaml.org,2002:int", _int_1_2)
 
 
-def _convert(loader: _Loader, node: yaml.Node, file: str, problems: list[Problem]) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        result = Map()
-        result.line = node.start_mark.line + 1
-        result.key_lines = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                problems.append(
-                    Problem(file, key_node.start_mark.line + 1, "merge keys (<<) are not supported")
+_MAP_TAGS = frozenset({"tag:yaml.org,2002:map"})
+_SEQ_TAGS = frozenset({"tag:yaml.org,2002:seq"})
+MAX_NODES = 200_000  # bounds what aliases can expand to ("billion laughs")
+
+
+class _Converter:
+    """Turns PyYAML's node tree into located plain values, sharing nodes reached by aliases."""
+
+    def __init__(self, loader: _Loader, file: str, problems: list[Problem]) -> None:
+        self.loader = loader
+        self.file = file
+        self.problems = problems
+        self.done: dict[int, Any] = {}  # id(node) -> value: an alias reuses, never re-expands
+        self.count = 0
+
+    def problem(self, node: yaml.Node, message: str) -> None:
+        self.problems.append(Problem(self.file, node.start_mark.line + 1, message))
+
+    def convert(self, node: yaml.Node) -> Any:
+        key = id(node)
+        if key in self.done:
+            return self.done[key]
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooBig(node)
+        value = self._convert(node)
+        self.done[key] = value
+        return value
+
+    def _convert(self, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            if node.tag not in _MAP_TAGS:
+                self.problem(
+                    node, f"the YAML tag {node.tag} is not allowed here; write a plain mapping"
                 )
-                continue
-            key = _convert(loader, key_node, file, problems)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, str):
-                key = str(key)
-            if key in result:
-                problems.append(
-                    Problem(
-                        file, line, f"duplicate key {key!r} (first at line {result.key_lines[key]})"
+                return None
+            result = Map()
+            result.line = node.start_mark.line + 1
+            result.key_lines = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                if (
+                    isinstance(key_node, yaml.ScalarNode)
+                    and key_node.value == "<<"
+                    and key_node.style is None
+                ):
+                    self.problem(key_node, "merge keys (<<) are not supported")
+                    continue
+                key = self.convert(key_node)
+                if not isinstance(key, str):
+                    key = str(key)
+                if key in result:
+                    self.problem(
+                        key_node, f"duplicate key {key!r} (first at line {result.key_lines[key]})"
                     )
+                    continue
+                result[key] = self.convert(value_node)
+                result.key_lines[key] = line
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag not in _SEQ_TAGS:
+                self.problem(
+                    node, f"the YAML tag {node.tag} is not allowed here; write a plain list"
                 )
-                continue
-            result[key] = _convert(loader, value_node, file, problems)
-            result.key_lines[key] = line
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        seq = Seq()
-        seq.line = node.start_mark.line + 1
-        seq.item_lines = []
-        for item in node.value:
-            seq.append(_convert(loader, item, file, problems))
-            seq.item_lines.append(item.start_mark.line + 1)
-        return seq
-    try:
-        return loader.construct_object(node, deep=True)
-    except yaml.YAMLError as exc:
-        problems.append(Problem(file, node.start_mark.line + 1, f"invalid value: {exc}"))
-        return None
+                return None
+            seq = Seq()
+            seq.line = node.start_mark.line + 1
+            seq.item_lines = []
+            for item in node.value:
+                seq.append(self.convert(item))
+                seq.item_lines.append(item.start_mark.line + 1)
+            return seq
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            self.problem(node, f"invalid value: {what}")
+            return None
+
+
+class _TooBig(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        self.node = node
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
     """Parse one YAML document; return the located value and the problems found."""
     problems: list[Problem] = []
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             return None, problems
-        return _convert(loader, node, file, problems), problems
+        return _Converter(loader, file, problems).convert(node), problems
+    except _TooBig as exc:
+        line = exc.node.start_mark.line + 1
+        problems.append(
+            Problem(file, line, f"the document expands to more than {MAX_NODES} values (aliases?)")
+        )
+        return None, problems
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
-        what = exc.problem or str(exc)
+        what = exc.problem or str(exc).splitlines()[0]
         problems.append(Problem(file, line, f"YAML syntax error: {what}"))
         return None, problems
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        problems.append(Problem(file, line, f"character {exc.character!r} is not allowed in YAML"))
+        return None, problems
     except yaml.YAMLError as exc:
-        problems.append(Problem(file, 1, f"YAML error: {exc}"))
+        problems.append(Problem(file, 1, f"YAML error: {str(exc).splitlines()[0]}"))
         return None, problems
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml(path: Path) -> tuple[Any, list[Problem]]:
