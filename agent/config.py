@@ -10,7 +10,7 @@ import math
 import os
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
@@ -145,7 +145,7 @@ def parse_duration(value: object) -> float:
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def expand_env(text: str, env: dict[str, str] | os._Environ[str]) -> str:
+def expand_env(text: str, env: Mapping[str, str]) -> str:
     """Replace `${NAME}`; a missing variable raises KeyError(NAME)."""
 
     def sub(m: re.Match[str]) -> str:
@@ -187,7 +187,7 @@ T = TypeVar("T")
 class _Reader:
     """Reads one mapping of the config, recording problems instead of stopping at the first."""
 
-    def __init__(self, file: str, problems: list[Problem], env: os._Environ[str]) -> None:
+    def __init__(self, file: str, problems: list[Problem], env: Mapping[str, str]) -> None:
         self.file = file
         self.problems = problems
         self.env = env
@@ -255,6 +255,15 @@ class _Reader:
         if key not in m or m[key] is None:
             return default
         value = m[key]
+        if isinstance(value, str) and "${" in value:  # `port: ${SMTP_PORT}`
+            try:
+                text = expand_env(value, self.env)
+            except KeyError as exc:
+                self.problem(
+                    m.line_of(key), f"{key}: environment variable {exc.args[0]} is not set"
+                )
+                return default
+            value = int(text) if re.fullmatch(r"\s*-?\d+\s*", text) else value
         if isinstance(value, bool) or not isinstance(value, int):
             self.problem(m.line_of(key), f"{key} must be a whole number")
             return default
@@ -278,7 +287,8 @@ class _Reader:
         text = self.string(m, key, default, required)
         if text is None:
             return None
-        return (base / Path(text).expanduser()).absolute()
+        # normpath: `a/../daily.jsonl` and `daily.jsonl` must compare equal (one store, one owner).
+        return Path(os.path.normpath((base / Path(text).expanduser()).absolute()))
 
     def string_list(self, m: Map, key: str) -> list[tuple[str, int]]:
         """A list of strings (a single string is a list of one), with each item's line."""
@@ -336,7 +346,7 @@ _SMTP = {
 _LOG = {"level", "format"}
 
 
-def load_config(path: Path, env: os._Environ[str] | None = None) -> Config:
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """Load and validate the config file; raise ProblemsError listing every problem."""
     env = env if env is not None else os.environ
     file = str(path)
@@ -431,8 +441,9 @@ def _reports(r: _Reader, top: Map, base: Path) -> list[ReportConfig]:
                     f"store {store} is already used by another report (line {stores[store]})",
                 )
             stores[store] = m.line_of("store")
+        before = len(r.problems)
         to = _addresses(r, m, "to")
-        if "to" in m and not to:
+        if "to" in m and not to and len(r.problems) == before:
             r.problem(m.line_of("to"), "to must name at least one recipient")
         elif "to" not in m:
             r.problem(line, "missing required key 'to' (the report's recipients)")
@@ -476,11 +487,18 @@ def _check_subject(r: _Reader, line: int, subject: str) -> None:
         r.problem(line, "subject contains a line break or NUL, which could inject mail headers")
         return
     try:
-        names = [f for _, f, _, _ in string.Formatter().parse(subject) if f is not None]
+        fields = [
+            (f, spec, conv)
+            for _, f, spec, conv in string.Formatter().parse(subject)
+            if f is not None
+        ]
     except ValueError as exc:
         r.problem(line, f"subject: {exc}; write {{{{ and }}}} for literal braces")
         return
-    for name in names:
+    for name, spec, conversion in fields:
+        if spec or conversion:
+            r.problem(line, f"subject: write {{{name}}} without a format or conversion")
+            continue
         if name not in SUBJECT_FIELDS:
             known = ", ".join("{" + f + "}" for f in sorted(SUBJECT_FIELDS))
             r.problem(line, f"subject: unknown placeholder {{{name}}}; known: {known}")
@@ -523,7 +541,16 @@ def _smtp(r: _Reader, top: Map, base: Path) -> SmtpConfig | None:
                 r.problem(
                     m.line_of("password_file"), f"password_file {pw_path}: {exc.strerror or exc}"
                 )
-    if username and password is None:
+    if password is not None and not username and "password" in m:
+        r.problem(
+            m.line_of("password"),
+            "password is set but username is not; without a username tailmail does not log in",
+        )
+    if (
+        username
+        and password is None
+        and not any(p.line == m.line_of("password") for p in r.problems)
+    ):
         r.problem(
             m.line_of("username"), "username is set but neither password nor password_file is"
         )
