@@ -20,14 +20,14 @@ from typing import Any
 import structlog
 
 from agent import __version__
-from agent.config import Config, load_config
+from agent.config import Config, ReportConfig, load_config
 from agent.control import StateLock, acquire, serve
 from agent.log import setup as setup_logging
 from agent.notify import Notifier
 from agent.outbox import Outbox, OutboxEntry, Sender
 from agent.pipeline import Pipeline
 from agent.rules import RuleBook
-from agent.store import compress, prune
+from agent.store import compress, prune, rotated_files
 from agent.watch import Watcher
 from agent.yamlfile import ProblemsError
 
@@ -64,6 +64,7 @@ class Service:
         self._log_problems(self.rulebook.reload())
         self.pipeline.open()
         self.pipeline.rotate_due()
+        self._tidy_rotated()
         loop = asyncio.get_running_loop()
         watcher = Watcher(loop)
         self._watch(watcher)
@@ -190,16 +191,29 @@ class Service:
         self.rules_changed.set()
 
     def _delivered(self, entry: OutboxEntry) -> None:
-        meta = entry.meta
-        rotated = meta.get("rotated_file")
-        report = next((r for r in self.config.reports if r.name == meta.get("report")), None)
-        if rotated and meta.get("compress") == "gzip" and Path(rotated).exists():
-            try:
-                compress(Path(rotated))
-            except OSError as exc:
-                log.error("store.compress_failed", path=rotated, error=str(exc))
+        """A report was accepted: its file may now be compressed, and old files pruned."""
+        report = next((r for r in self.config.reports if r.name == entry.meta.get("report")), None)
         if report is not None:
-            prune(report, self.outbox.unsent_files())
+            # The outbox still lists the entry while this runs: it is removed right after.
+            self._tidy_rotated(report, sent=entry.meta.get("rotated_file"))
+
+    def _tidy_rotated(self, only: ReportConfig | None = None, sent: str | None = None) -> None:
+        """Compress the rotated files whose reports were sent, then apply `keep`.
+
+        Also run at start: a run stopped between a delivery and its compression left it undone.
+        """
+        unsent = self.outbox.unsent_files() - {sent}
+        for report in self.config.reports:
+            if only is not None and report is not only:
+                continue
+            if report.compress == "gzip":
+                for path in rotated_files(report):
+                    if path.suffix != ".gz" and str(path) not in unsent:
+                        try:
+                            compress(path)
+                        except OSError as exc:
+                            log.error("store.compress_failed", path=str(path), error=str(exc))
+            prune(report, unsent)
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "rotate":

@@ -171,14 +171,14 @@ def test_selected_lines_arrive_as_the_attachment(
     body = text.get_content()
     assert "failed-logins" in body
     assert str(len(expected)) in body
-    assert agent.stop() == 0
-    assert agent.saw("STOPPING=1")
-    assert PASSWORD not in agent.log()
     # Delivered: the rotated file is compressed beside the store.
     assert wait_for(
         lambda: list((tmp_path / "store").glob("daily-*.jsonl.gz")),
         "the rotated file to be compressed",
     )
+    assert agent.stop() == 0
+    assert agent.saw("STOPPING=1")
+    assert PASSWORD not in agent.log()
 
 
 def test_restart_resumes_without_loss_or_duplicates(
