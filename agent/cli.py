@@ -14,9 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
-
-import orjson
+from typing import TextIO
 
 from agent import __version__
 from agent.config import Config, config_path, load_config
@@ -369,7 +367,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_demo(Path(args.dir) if args.dir else None, sys.stdout)
     except (OSError, TimeoutError, RuntimeError) as exc:
         raise Failure(f"demo failed: {exc}") from None
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()

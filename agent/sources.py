@@ -4,6 +4,10 @@ A file is known by device and inode, confirmed by a fingerprint (SHA-256 of its 
 an inode that was freed and reused for a new file has other first bytes, so it is read from
 the start instead of from the old file's offset. A file is held open until it has been read to
 its end and has stopped growing, so a writer that keeps writing to a renamed file loses nothing.
+
+The fingerprint also recognises a copy (copytruncate, `events.json` -> `events.json.1`, when the
+source's path matches both): a file first seen with the first bytes of a file being read waits,
+and once the original is truncated the copy continues at the original's old position.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import glob
 import hashlib
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -27,9 +31,12 @@ READ_BYTES = 1 << 20  # one read: large enough that a syscall is cheap per line
 log = structlog.get_logger("tailmail.sources")
 
 
-def _fingerprint(fd: int, length: int) -> tuple[str, int]:
-    data = os.pread(fd, length, 0)
-    return hashlib.sha256(data).hexdigest(), len(data)
+def _head(fd: int) -> bytes:
+    return os.pread(fd, FP_BYTES, 0)
+
+
+def _fingerprint(head: bytes) -> tuple[str, int]:
+    return hashlib.sha256(head).hexdigest(), len(head)
 
 
 def _last_line_end(fd: int, size: int) -> int:
@@ -58,6 +65,11 @@ class Tailed:
     idle_scans: int = 0  # scans in a row that found it unmatched, at its end and not growing
     truncations: int = 0
     at_end: bool = False
+    # Opened at offset 0 as a file never seen before: it may be a copy of a file being read
+    # (copytruncate). Not read, and not checkpointed, until `_settle` has decided.
+    unsettled: bool = False
+    copy_of: str = ""  # the file it was found to copy, once (for the log)
+    head: bytes = b""  # the bytes the fingerprint was taken of: a copy is compared with them
 
     @property
     def behind(self) -> int:
@@ -65,6 +77,27 @@ class Tailed:
             return max(0, os.fstat(self.fd).st_size - self.state.offset)
         except OSError:
             return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """Where reading stood in a file whose content was then replaced (truncated, inode reused)."""
+
+    scan: int  # the scan count when it was retired: it is kept until one more scan has run
+    state: FileState  # the old fingerprint, and the offset consumed in the old content
+    head: bytes  # the old first bytes when known (b"" when only the checkpoint's hash is)
+
+    def copied_by(self, head: bytes) -> bool:
+        """Whether a file starting with `head` is a copy of the old content.
+
+        A copy taken before the original grew past it can be shorter than the old fingerprint:
+        its bytes are compared with the old first bytes, as far as both go.
+        """
+        if self.head:
+            n = min(len(head), len(self.head))
+            return n > 0 and head[:n] == self.head[:n]
+        fp_len = self.state.fp_len
+        return len(head) >= fp_len and _fingerprint(head[:fp_len])[0] == self.state.fingerprint
 
 
 @dataclass(slots=True)
@@ -77,6 +110,10 @@ class SourceTailer:
     files: dict[str, Tailed] = field(default_factory=dict)
     missing: bool = False
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> error
+    # Positions of files whose content was replaced (truncated, inode reused): a copy of the old
+    # content found up to the next scan continues from there.
+    retired: list[Retired] = field(default_factory=list)
+    scans: int = 0
 
     def paths(self) -> list[str]:
         pattern = self.config.path
@@ -88,6 +125,8 @@ class SourceTailer:
         """Match the source's path again: pick up new files, notice renamed and removed ones."""
         seen: set[str] = set()
         unreadable: dict[str, str] = {}
+        self.scans += 1
+        self.retired = [r for r in self.retired if r.scan >= self.scans - 1]
         for path in self.paths():
             try:
                 st = os.stat(path)
@@ -111,6 +150,11 @@ class SourceTailer:
             if path not in self.unreadable:
                 log.error("source.unreadable", source=self.config.name, path=path, error=error)
         self.unreadable = unreadable
+        # Decide about new files now, once every known file has been looked at: a copy found in
+        # this scan claims the position its original left (retired just before, or in this scan).
+        for tailed in list(self.files.values()):
+            if tailed.unsettled:
+                self._settle(tailed)
         self._release_unmatched(seen)
         missing = not self.files and not unreadable
         if missing and not self.missing:
@@ -125,8 +169,16 @@ class SourceTailer:
             if f"{self.config.name}:{st.st_dev}:{st.st_ino}" != key:
                 raise FileNotFoundError(0, "replaced while opening")
             known = self.known.get(key)
-            fp, fp_len = _fingerprint(fd, FP_BYTES)
-            if known is not None and _same_content(fd, known):
+            head = _head(fd)
+            fp, fp_len = _fingerprint(head)
+            unsettled = False
+            if known is not None and not _same_content(fd, known):
+                # Other first bytes under a known inode (reuse, or copytruncate while we were
+                # stopped): a copy of the old content may still turn up and continue from here.
+                self._retire(known, known.offset, known.skipping, b"")
+                del self.known[key]
+                known = None
+            if known is not None:
                 state = known
                 state.path = path
                 if st.st_size < state.offset:
@@ -146,6 +198,7 @@ class SourceTailer:
                     offset = _last_line_end(fd, st.st_size)
                 else:
                     offset = 0
+                unsettled = offset == 0
                 state = FileState(
                     source=self.config.name, path=path, dev=st.st_dev, ino=st.st_ino,
                     fingerprint=fp, fp_len=fp_len, offset=offset,
@@ -154,45 +207,127 @@ class SourceTailer:
         except BaseException:
             os.close(fd)
             raise
-        self.known[key] = state
+        if not unsettled:
+            self.known[key] = state
         splitter = LineSplitter(self.config.max_line_bytes, state.offset, state.skipping)
-        self.files[key] = Tailed(key, state, fd, splitter)
+        self.files[key] = Tailed(key, state, fd, splitter, unsettled=unsettled, head=head)
+
+    def _retire(self, state: FileState, offset: int, skipping: bool, head: bytes) -> None:
+        if offset > 0 and state.fp_len > 0:
+            old = replace(state, offset=offset, skipping=skipping)
+            self.retired.append(Retired(self.scans, old, head))
+
+    def _settle(self, tailed: Tailed) -> bool:
+        """Whether a file first seen at offset 0 may be read now, and from where.
+
+        While its first bytes are the start of a file being read, it is (or may be, while being
+        written) a copy of that file, and waits: reading it would store those lines twice. Once
+        the original is truncated, a copy continues where the original was left.
+        """
+        head = _head(tailed.fd)
+        for other in list(self.files.values()):
+            if other is tailed or other.unsettled:
+                continue
+            n = min(len(head), len(other.head))
+            if len(other.head) == FP_BYTES and head[:n] != other.head[:n]:
+                continue  # it starts otherwise than `other` did: no copy of it (no syscall)
+            self._check_truncated(other)  # a truncated original retires its position first
+            if _head(other.fd).startswith(head):
+                if len(head) == FP_BYTES and not tailed.copy_of:
+                    tailed.copy_of = other.state.path
+                    log.info(
+                        "source.copy_waiting", source=self.config.name,
+                        path=tailed.state.path, original=other.state.path,
+                    )  # fmt: skip
+                return False
+        state = tailed.state
+        # Fingerprint what is there now: the file may have been empty or half-written when opened.
+        tailed.head = head
+        state.fingerprint, state.fp_len = _fingerprint(head)
+        for i, retired in enumerate(self.retired):
+            if retired.copied_by(head):
+                del self.retired[i]
+                old = retired.state
+                size = os.fstat(tailed.fd).st_size
+                # A copy shorter than the old position holds nothing that was not read already.
+                state.offset, state.skipping = (
+                    (old.offset, old.skipping) if old.offset <= size else (size, False)
+                )
+                tailed.splitter = LineSplitter(
+                    self.config.max_line_bytes, state.offset, state.skipping
+                )
+                log.info(
+                    "source.copy_continued",
+                    source=self.config.name,
+                    path=state.path,
+                    offset=state.offset,
+                    original=old.path,
+                )
+                break
+        tailed.unsettled = False
+        self.known[tailed.key] = state
+        return True
+
+    def _check_truncated(self, tailed: Tailed) -> None:
+        """copytruncate: shorter than what we read, or other first bytes (rewritten past our
+        position before we looked again): the file's new content starts at 0."""
+        pos = tailed.splitter.read_pos
+        if pos == 0:
+            return
+        size = os.fstat(tailed.fd).st_size
+        if size < pos or not _same_content(tailed.fd, tailed.state):
+            self._truncated(tailed, size)
 
     def _release_unmatched(self, seen: set[str]) -> None:
         for key, tailed in list(self.files.items()):
             if key in seen:
                 continue
             tailed.matched = False
+            if tailed.unsettled and not self._settle(tailed):
+                # A copy of a file still being read, gone from the path: it holds nothing more.
+                self._close(key)
+                continue
             # Let go only of a file read to its end that did not grow for a whole scan interval:
-            # a writer may still be finishing its last lines after a rename.
-            if tailed.at_end and tailed.behind == 0:
+            # a writer may still be finishing its last lines after a rename. Measured from the
+            # read position, not the consumed offset: a last line that never gets its newline
+            # must not keep a deleted file open for ever.
+            if tailed.at_end and os.fstat(tailed.fd).st_size <= tailed.splitter.read_pos:
                 tailed.idle_scans += 1
             else:
                 tailed.idle_scans = 0
             if tailed.idle_scans >= 2:
                 log.info("source.released", source=self.config.name, path=tailed.state.path)
-                os.close(tailed.fd)
-                del self.files[key]
+                self._close(key)
         for key in list(self.known):
-            if key not in self.files:
+            # A file seen but not opened (unreadable for now) keeps its position: dropping it
+            # would make it be read again from 0 once it is readable.
+            if key not in self.files and key not in seen:
                 del self.known[key]
 
+    def _close(self, key: str) -> None:
+        os.close(self.files.pop(key).fd)
+
     def read(self, tailed: Tailed, limit: int = READ_BYTES) -> Chunk | None:
-        """Read the next batch of one file; None at its end."""
+        """Read the next batch of one file; None at its end (or while it may be a copy)."""
+        if tailed.unsettled and not self._settle(tailed):
+            tailed.at_end = True
+            return None
+        # Checked before every read, not only at the end: new content written past our position
+        # after a truncate would otherwise be read from the middle, its start lost.
+        self._check_truncated(tailed)
         splitter = tailed.splitter
         pos = splitter.read_pos
         data = os.pread(tailed.fd, limit, pos)
         if not data:
-            size = os.fstat(tailed.fd).st_size
-            if size < pos:
-                self._truncated(tailed, size)
-                return self.read(tailed, limit)
             tailed.at_end = True
             return None
         tailed.at_end = False
         state = tailed.state
-        if state.fp_len < FP_BYTES and pos + len(data) > state.fp_len:
-            state.fingerprint, state.fp_len = _fingerprint(tailed.fd, FP_BYTES)
+        # Re-take the fingerprint when it grows, and at the first read: one taken when the file
+        # was opened describes content that a truncate before this read may have replaced.
+        if pos == 0 or (state.fp_len < FP_BYTES and pos + len(data) > state.fp_len):
+            tailed.head = _head(tailed.fd)
+            state.fingerprint, state.fp_len = _fingerprint(tailed.head)
         return splitter.feed(data)
 
     def _truncated(self, tailed: Tailed, size: int) -> None:
@@ -202,10 +337,12 @@ class SourceTailer:
             offset=tailed.splitter.read_pos, size=size,
         )  # fmt: skip
         tailed.truncations += 1
+        self._retire(tailed.state, tailed.splitter.offset, tailed.splitter.skipping, tailed.head)
         tailed.splitter = LineSplitter(self.config.max_line_bytes)
         tailed.state.offset = 0
         tailed.state.skipping = False
-        tailed.state.fingerprint, tailed.state.fp_len = _fingerprint(tailed.fd, FP_BYTES)
+        tailed.head = _head(tailed.fd)
+        tailed.state.fingerprint, tailed.state.fp_len = _fingerprint(tailed.head)
 
     def sync_states(self) -> None:
         """Copy the splitters' consumed offsets into the states that the checkpoint saves."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 from datetime import date
 from pathlib import Path
@@ -92,12 +93,20 @@ def rotated_files(config: ReportConfig) -> list[Path]:
     store = config.store
     if not store.parent.is_dir():
         return []
-    found = [
-        p
-        for p in store.parent.glob(f"{store.stem}-*")
-        if p.name.endswith((store.suffix, store.suffix + ".gz")) and p != store
-    ]
-    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    # Exactly the names `rotated_path` gives: a looser `daily-*` would also take the files of a
+    # report stored beside it as `daily-security.jsonl` (its live store too), and prune them.
+    # Ordered by the period in the name, not by mtime, which compressing a file renews.
+    name = re.compile(
+        re.escape(store.stem)
+        + r"-(\d{4}-\d{2}-\d{2})(?:\.(\d+))?"
+        + re.escape(store.suffix)
+        + r"(?:\.gz)?"
+    )
+    found = []
+    for path in store.parent.iterdir():
+        if m := name.fullmatch(path.name):
+            found.append(((m[1], int(m[2] or 1)), path))
+    return [path for _, path in sorted(found, reverse=True)]
 
 
 def prune(config: ReportConfig, protected: set[str]) -> list[Path]:

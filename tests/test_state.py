@@ -1,0 +1,150 @@
+"""Durable state: the checkpoint document and its atomic replacement."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from agent.state import (
+    CHECKPOINT,
+    MAX_PROBLEMS,
+    Checkpoint,
+    FileState,
+    PeriodStats,
+    ReportState,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic,
+)
+
+
+def sample_checkpoint() -> Checkpoint:
+    stats = PeriodStats(
+        start="2026-11-21T00:00:00+00:00",
+        read=10,
+        selected=3,
+        skipped={"malformed JSON": 2},
+        per_rule={"failed-logins": 3},
+        per_hour={"2026-11-21T10": 3},
+        problems=[{"kind": "line", "offset": 7, "text": "bad"}],
+        files={"app:1:2": {"path": "/var/log/app/events.json", "read": 10}},
+    )
+    return Checkpoint(
+        files={
+            "app:1:2": FileState(
+                source="app",
+                path="/var/log/app/events.json",
+                dev=1,
+                ino=2,
+                fingerprint="ab" * 32,
+                fp_len=256,
+                offset=4096,
+                skipping=True,
+            )
+        },
+        reports={
+            "daily": ReportState(
+                store_size=1234, stats=stats, rotating={"day": "2026-11-20"}, last_sent="x"
+            )
+        },
+        started_before=True,
+    )
+
+
+def test_checkpoint_round_trips_through_its_bytes(tmp_path: Path) -> None:
+    """Everything a checkpoint holds comes back equal after save and load."""
+    checkpoint = sample_checkpoint()
+    save_checkpoint(tmp_path, checkpoint)
+    assert load_checkpoint(tmp_path) == checkpoint
+    assert Checkpoint.from_bytes(checkpoint.to_bytes()) == checkpoint
+
+
+def test_missing_checkpoint_is_a_first_start(tmp_path: Path) -> None:
+    """No checkpoint file: an empty checkpoint that has not started before."""
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint == Checkpoint()
+    assert not checkpoint.started_before
+
+
+def test_checkpoint_without_optional_keys_loads_with_defaults(tmp_path: Path) -> None:
+    """Keys added later (skipping, rotating, figures) default when an older document lacks them."""
+    document = {
+        "files": {
+            "app:1:2": {
+                "source": "app",
+                "path": "/x",
+                "dev": 1,
+                "ino": 2,
+                "fingerprint": "",
+                "fp_len": 0,
+                "offset": 5,
+            }
+        },
+        "reports": {"daily": {"store_size": 0, "stats": {"start": "2026-11-21T00:00:00+00:00"}}},
+    }
+    (tmp_path / CHECKPOINT).write_bytes(orjson.dumps(document))
+    checkpoint = load_checkpoint(tmp_path)
+    assert not checkpoint.started_before
+    assert not checkpoint.files["app:1:2"].skipping
+    report = checkpoint.reports["daily"]
+    assert report.rotating is None
+    assert report.last_sent is None
+    assert report.stats == PeriodStats(start="2026-11-21T00:00:00+00:00")
+
+
+def test_write_atomic_replaces_the_content_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """After write_atomic the file holds the new bytes and no temporary file is left beside it."""
+    path = tmp_path / "checkpoint.json"
+    path.write_bytes(b"old")
+    write_atomic(path, b"new content")
+    assert path.read_bytes() == b"new content"
+    assert os.listdir(tmp_path) == ["checkpoint.json"]
+
+
+def test_write_atomic_overwrites_a_stale_temporary_file(tmp_path: Path) -> None:
+    """A temporary file left by a crash is overwritten whole, not appended to."""
+    path = tmp_path / "checkpoint.json"
+    (tmp_path / ".checkpoint.json.tmp").write_bytes(b"x" * 1000)
+    write_atomic(path, b"short")
+    assert path.read_bytes() == b"short"
+    assert os.listdir(tmp_path) == ["checkpoint.json"]
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[None]:
+    """Let RLIMIT_FSIZE make writes fail with EFBIG instead of killing the process."""
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+
+
+@pytest.mark.usefixtures("file_size_limit")
+def test_write_atomic_that_fails_leaves_the_old_content(tmp_path: Path) -> None:
+    """A write that fails part-way (file size limit) leaves the old file whole and in place."""
+    path = tmp_path / "checkpoint.json"
+    write_atomic(path, b"old content")
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+    with pytest.raises(OSError):
+        write_atomic(path, b"n" * 1000)
+    assert path.read_bytes() == b"old content"
+
+
+def test_period_stats_keep_a_capped_number_of_problems() -> None:
+    """Problem examples are capped; the counts stay complete."""
+    stats = PeriodStats(start="2026-11-21T00:00:00+00:00", skipped={"a": 2, "b": 3})
+    for i in range(MAX_PROBLEMS + 10):
+        stats.add_problem({"n": i})
+    assert len(stats.problems) == MAX_PROBLEMS
+    assert stats.problems[-1] == {"n": MAX_PROBLEMS - 1}
+    assert stats.skipped_total == 5
