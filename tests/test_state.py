@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import resource
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from forked import limit_file_size, with_file_size_limit
 
 from agent.state import (
     CHECKPOINT,
@@ -116,27 +114,18 @@ def test_write_atomic_overwrites_a_stale_temporary_file(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["checkpoint.json"]
 
 
-@pytest.fixture
-def file_size_limit() -> Iterator[None]:
-    """Let RLIMIT_FSIZE make writes fail with EFBIG instead of killing the process."""
-    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
-        signal.signal(signal.SIGXFSZ, previous_handler)
-
-
-@pytest.mark.usefixtures("file_size_limit")
 def test_write_atomic_that_fails_leaves_the_old_content(tmp_path: Path) -> None:
     """A write that fails part-way (file size limit) leaves the old file whole and in place."""
     path = tmp_path / "checkpoint.json"
     write_atomic(path, b"old content")
-    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
-    with pytest.raises(OSError):
-        write_atomic(path, b"n" * 1000)
+
+    def body() -> None:
+        limit_file_size(100)
+        with pytest.raises(OSError):
+            write_atomic(path, b"n" * 1000)
+        assert path.read_bytes() == b"old content"
+
+    with_file_size_limit(body)
     assert path.read_bytes() == b"old content"
 
 

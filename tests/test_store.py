@@ -5,12 +5,11 @@ from __future__ import annotations
 import gzip
 import os
 import resource
-import signal
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import pytest
+from forked import limit_file_size, with_file_size_limit
 
 from agent.config import ReportConfig
 from agent.store import ReportStore, compress, prune, rotated_files, rotated_path
@@ -91,37 +90,27 @@ def test_open_creates_the_store_directory(tmp_path: Path) -> None:
     assert config.store.is_file()
 
 
-@pytest.fixture
-def file_size_limit() -> Iterator[None]:
-    """Let RLIMIT_FSIZE make writes fail with EFBIG instead of killing the process."""
-    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
-        signal.signal(signal.SIGXFSZ, previous_handler)
-
-
-@pytest.mark.usefixtures("file_size_limit")
 def test_failed_flush_keeps_lines_pending_and_leaves_no_fragment(tmp_path: Path) -> None:
     """A write that fails part-way keeps the lines pending; the retry cuts the fragment first."""
     config = report(tmp_path)
-    store = ReportStore(config, None)
-    try:
-        store.add([b'{"a":1}'])
-        store.flush()
-        store.add([b'{"b":"' + b"x" * 100 + b'"}'])
-        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (store.size + 20, hard))
-        with pytest.raises(OSError):
+
+    def body() -> None:
+        store = ReportStore(config, None)
+        try:
+            store.add([b'{"a":1}'])
             store.flush()
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        assert len(store.pending) == 1
-        assert store.size == len(b'{"a":1}\n')
-        store.flush()
-    finally:
-        store.close()
+            store.add([b'{"b":"' + b"x" * 100 + b'"}'])
+            soft, hard = limit_file_size(store.size + 20)
+            with pytest.raises(OSError):
+                store.flush()
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            assert len(store.pending) == 1
+            assert store.size == len(b'{"a":1}\n')
+            store.flush()
+        finally:
+            store.close()
+
+    with_file_size_limit(body)
     assert config.store.read_bytes() == b'{"a":1}\n{"b":"' + b"x" * 100 + b'"}\n'
 
 
