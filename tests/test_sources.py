@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-import pytest
+from forked import as_ordinary_user
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -571,31 +571,31 @@ def test_deleted_and_recreated_file_is_read_from_zero(tmp_path: Path) -> None:
 # ---- trouble -----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    os.geteuid() == 0,
-    reason="root ignores file permissions: chmod 000 cannot make a file unreadable",
-)
 def test_unreadable_file_is_flagged_and_its_position_kept(tmp_path: Path) -> None:
     """chmod 000 flags the file unreadable (not missing); once readable it resumes, not rereads."""
-    log = tmp_path / "events.json"
-    log.write_bytes(event(1))
-    tailer = make(tmp_path, start_at="beginning")
-    tailer.scan()
-    assert lines_of(drain(tailer)) == [event(1)[:-1]]
-    tailer = restart(tailer)
-    log.chmod(0)
-    try:
+
+    def body() -> None:
+        log = tmp_path / "events.json"
+        log.write_bytes(event(1))
+        tailer = make(tmp_path, start_at="beginning")
         tailer.scan()
-        assert list(tailer.unreadable) == [str(log)]
-        assert not tailer.missing
-        assert tailer.files == {}
-        assert key_of(log) in tailer.known, "the checkpointed position is kept"
-    finally:
-        log.chmod(0o644)
-    append(log, event(2))
-    tailer.scan()
-    assert tailer.unreadable == {}
-    assert lines_of(drain(tailer)) == [event(2)[:-1]]
+        assert lines_of(drain(tailer)) == [event(1)[:-1]]
+        tailer = restart(tailer)
+        log.chmod(0)
+        try:
+            tailer.scan()
+            assert list(tailer.unreadable) == [str(log)]
+            assert not tailer.missing
+            assert tailer.files == {}
+            assert key_of(log) in tailer.known, "the checkpointed position is kept"
+        finally:
+            log.chmod(0o644)
+        append(log, event(2))
+        tailer.scan()
+        assert tailer.unreadable == {}
+        assert lines_of(drain(tailer)) == [event(2)[:-1]]
+
+    as_ordinary_user(body)
 
 
 def test_missing_source_is_flagged_and_cleared(tmp_path: Path) -> None:
