@@ -320,8 +320,14 @@ def print_status(config: Config, out: TextIO) -> None:
     print(f"service: {'running (pid ' + holder + ')' if running else 'not running'}", file=out)
     checkpoint = load_checkpoint(config.state_dir)
     print("sources:", file=out)
+    receipts = next(iter(checkpoint.reports.values())).stats.files if checkpoint.reports else {}
     for source in config.sources:
         files = [f for f in checkpoint.files.values() if f.source == source.name]
+        skipped = sum(
+            r.get("skipped", 0) for r in receipts.values() if r.get("source") == source.name
+        )
+        if skipped:
+            print(f"  {source.name}: {skipped} bad line(s) skipped this period", file=out)
         if not files:
             print(f"  {source.name}: {source.path}: no file read yet", file=out)
         for f in files:

@@ -298,6 +298,8 @@ class Pipeline:
             receipt["last_offset"] = chunk.end
             receipt["fingerprint"] = tailed.state.fingerprint[:16]
             receipt["truncations"] = tailed.truncations
+            if reasons:
+                receipt["skipped"] = receipt.get("skipped", 0) + len(reasons)
             lines = selected[j]
             if not lines:
                 continue

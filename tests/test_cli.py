@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from agent_proc import tailmail, write_config
+from agent_proc import Agent, tailmail, wait_for, write_config
 
 
 def base_config(tmp_path: Path, **smtp: Any) -> dict[str, Any]:
@@ -220,3 +220,39 @@ def test_logs_are_json_lines_off_a_terminal_and_readable_on_one(tmp_path: Path) 
     text = output.decode(errors="replace")
     assert "report.queued" in text
     assert not text.lstrip().startswith("{"), "a terminal gets console lines, not JSON"
+
+
+def test_status_counts_bad_lines_per_source(tmp_path: Path) -> None:
+    """Bad lines are counted per source; `status` shows the current period's count while it runs."""
+    cfg = base_config(tmp_path)
+    cfg["sources"].append(
+        {"name": "web", "path": str(tmp_path / "logs" / "web.log"), "start_at": "beginning"}
+    )
+    config = write_config(tmp_path / "config.yaml", cfg)
+    app = tmp_path / "logs" / "a.json"
+    app.write_text('{"level": "error"}\nnot json\n[1]\n')
+    (tmp_path / "logs" / "web.log").write_text('{"ok": true}\n')
+    agent = Agent(config, tmp_path).wait_ready()
+    try:
+        wait_for(
+            lambda: (
+                "app: 2 bad line(s) skipped this period"
+                in tailmail("status", "-c", str(config)).stdout
+            ),
+            "status to show the skipped lines",
+        )
+        status = tailmail("status", "-c", str(config)).stdout
+        assert "web:" in status and "web: 0 bad" not in status and "web: 1 bad" not in status
+        assert f"service: running (pid {agent.proc.pid})" in status
+    finally:
+        assert agent.stop() == 0
+
+
+def test_demo_ends_with_a_report_on_disk(tmp_path: Path) -> None:
+    """`tailmail demo` runs the agent against its own SMTP sink and leaves the received .eml."""
+    result = tailmail("demo", "--dir", str(tmp_path / "demo"), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    emls = list((tmp_path / "demo" / "mail").glob("*.eml"))
+    assert len(emls) == 1
+    assert f"Report received: {emls[0]}" in result.stdout
+    assert "Attachment: daily-" in result.stdout

@@ -367,3 +367,21 @@ def test_test_email_names_the_cause_of_a_failure(tmp_path: Path, server: SmtpSer
     assert result.returncode == 1
     assert "auth" in result.stderr.lower()
     assert "wrong" not in result.stdout + result.stderr
+
+
+def test_sigint_stops_cleanly_and_commits(
+    tmp_path: Path, server: SmtpServer, agents: list[Agent]
+) -> None:
+    """SIGINT (Ctrl-C) drains like SIGTERM: exit 0, and what was read is committed."""
+    config = make_config(tmp_path, server)
+    (tmp_path / "rules.d" / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    log = tmp_path / "logs" / "events.json"
+    agent = Agent(config, tmp_path).wait_ready()
+    agents.append(agent)
+    append(log, [{"n": i} for i in range(100)])
+    wait_for(lambda: caught_up(tmp_path, log), "the events to be read")
+    agent.signal(signal.SIGINT)
+    assert agent.proc.wait(timeout=60) == 0
+    agent.close()
+    store = tmp_path / "store" / "daily.jsonl"
+    assert len(store.read_bytes().splitlines()) == 100
