@@ -28,7 +28,7 @@ from agent.outbox import Outbox
 from agent.periods import Period, period_from, period_of, system_timezone
 from agent.report import ReportInput, build_report
 from agent.rules import Rule, RuleBook
-from agent.sources import SourceTailer, Tailed
+from agent.sources import Retired, SourceTailer, Tailed
 from agent.state import (
     Checkpoint,
     PeriodStats,
@@ -86,7 +86,14 @@ class Pipeline:
         first = not self.checkpoint.started_before
         self.tailers = [
             SourceTailer(
-                src, {k: v for k, v in self.checkpoint.files.items() if v.source == src.name}, first
+                src,
+                {k: v for k, v in self.checkpoint.files.items() if v.source == src.name},
+                first,
+                retired=[
+                    Retired.from_dict(r)
+                    for r in self.checkpoint.retired
+                    if r["state"]["source"] == src.name
+                ],
             )
             for src in config.sources
         ]
@@ -316,6 +323,15 @@ class Pipeline:
                     if rule.reports is None or report.name in rule.reports:
                         stats.per_rule[rule.name] = stats.per_rule.get(rule.name, 0) + hits
 
+    def _note_losses(self, tailer: SourceTailer) -> None:
+        """Bytes a truncation took unread become a problem of every report's period."""
+        for loss in tailer.losses:
+            text = f"source {loss['source']}: {loss['bytes']} bytes of {loss['path']} lost: {loss['why']}"
+            for rs in self.checkpoint.reports.values():
+                rs.stats.lost_bytes += loss["bytes"]
+                rs.stats.add_problem({"kind": "source", "text": text})
+        tailer.losses.clear()
+
     def _note_source_trouble(self) -> None:
         """Record a source going missing or unreadable in each report's problems, once."""
         trouble: dict[str, str] = {}
@@ -340,7 +356,9 @@ class Pipeline:
             self.checkpoint.reports[name].store_size = store.size
         for tailer in self.tailers:
             tailer.sync_states()
+            self._note_losses(tailer)
         self.checkpoint.files = {k: v for tailer in self.tailers for k, v in tailer.known.items()}
+        self.checkpoint.retired = [r.to_dict() for tailer in self.tailers for r in tailer.retired]
         save_checkpoint(self.config.state_dir, self.checkpoint)
 
     # ---- rotation --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import os
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -26,6 +27,9 @@ from agent.decode import Chunk, LineSplitter
 from agent.state import FileState
 
 FP_BYTES = 256  # fingerprint length: about one event line
+# logrotate's compressed rotations (`events.json.2.gz`) also match `events.json*`; they hold
+# lines already read from the file they were, and are not text.
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".Z")
 READ_BYTES = 1 << 20  # one read: large enough that a syscall is cheap per line
 
 log = structlog.get_logger("tailmail.sources")
@@ -70,6 +74,7 @@ class Tailed:
     unsettled: bool = False
     copy_of: str = ""  # the file it was found to copy, once (for the log)
     head: bytes = b""  # the bytes the fingerprint was taken of: a copy is compared with them
+    seen_size: int = 0  # the size at the last look: what a truncation may have taken unread
 
     @property
     def behind(self) -> int:
@@ -84,8 +89,16 @@ class Retired:
     """Where reading stood in a file whose content was then replaced (truncated, inode reused)."""
 
     scan: int  # the scan count when it was retired: it is kept until one more scan has run
-    state: FileState  # the old fingerprint, and the offset consumed in the old content
+    state: FileState  # the old fingerprint, the offset consumed and the size last seen
     head: bytes  # the old first bytes when known (b"" when only the checkpoint's hash is)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state.to_dict(), "head": self.head.hex()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Retired:
+        # Loaded at start: kept through the first scan, which finds a copy made meanwhile.
+        return cls(0, FileState.from_dict(d["state"]), bytes.fromhex(d.get("head", "")))
 
     def copied_by(self, head: bytes) -> bool:
         """Whether a file starting with `head` is a copy of the old content.
@@ -114,6 +127,9 @@ class SourceTailer:
     # content found up to the next scan continues from there.
     retired: list[Retired] = field(default_factory=list)
     scans: int = 0
+    # Bytes a truncation took before they could be read (copytruncate's window, or a copy the
+    # path does not match): drained by the pipeline into the report's problems.
+    losses: list[dict[str, Any]] = field(default_factory=list)
 
     def paths(self) -> list[str]:
         pattern = self.config.path
@@ -126,8 +142,12 @@ class SourceTailer:
         seen: set[str] = set()
         unreadable: dict[str, str] = {}
         self.scans += 1
+        for expired in [r for r in self.retired if r.scan < self.scans - 1]:
+            self._expire(expired)
         self.retired = [r for r in self.retired if r.scan >= self.scans - 1]
         for path in self.paths():
+            if path.endswith(COMPRESSED):
+                continue
             try:
                 st = os.stat(path)
             except OSError:
@@ -175,7 +195,7 @@ class SourceTailer:
             if known is not None and not _same_content(fd, known):
                 # Other first bytes under a known inode (reuse, or copytruncate while we were
                 # stopped): a copy of the old content may still turn up and continue from here.
-                self._retire(known, known.offset, known.skipping, b"")
+                self._retire(known, known.offset, known.skipping, b"", known.seen)
                 del self.known[key]
                 known = None
             if known is not None:
@@ -212,10 +232,26 @@ class SourceTailer:
         splitter = LineSplitter(self.config.max_line_bytes, state.offset, state.skipping)
         self.files[key] = Tailed(key, state, fd, splitter, unsettled=unsettled, head=head)
 
-    def _retire(self, state: FileState, offset: int, skipping: bool, head: bytes) -> None:
+    def _retire(
+        self, state: FileState, offset: int, skipping: bool, head: bytes, seen: int
+    ) -> None:
         if offset > 0 and state.fp_len > 0:
-            old = replace(state, offset=offset, skipping=skipping)
+            old = replace(state, offset=offset, skipping=skipping, seen=max(seen, offset))
             self.retired.append(Retired(self.scans, old, head))
+
+    def _expire(self, retired: Retired) -> None:
+        """No copy of a truncated file turned up: what it held beyond our position is gone."""
+        old = retired.state
+        if old.seen > old.offset:
+            self._lost(
+                old.path,
+                old.seen - old.offset,
+                "truncated before it was read, and no copy of it matches the path",
+            )
+
+    def _lost(self, path: str, size: int, why: str) -> None:
+        log.warning("source.lost", source=self.config.name, path=path, bytes=size, why=why)
+        self.losses.append({"source": self.config.name, "path": path, "bytes": size, "why": why})
 
     def _settle(self, tailed: Tailed) -> bool:
         """Whether a file first seen at offset 0 may be read now, and from where.
@@ -253,6 +289,14 @@ class SourceTailer:
                 state.offset, state.skipping = (
                     (old.offset, old.skipping) if old.offset <= size else (size, False)
                 )
+                if old.seen > size:
+                    # The original was seen longer than its copy: those bytes were written
+                    # between the copy and the truncate, the one window no reader can see.
+                    self._lost(
+                        old.path,
+                        old.seen - size,
+                        "written between copytruncate's copy and its truncate",
+                    )
                 tailed.splitter = LineSplitter(
                     self.config.max_line_bytes, state.offset, state.skipping
                 )
@@ -277,6 +321,8 @@ class SourceTailer:
         size = os.fstat(tailed.fd).st_size
         if size < pos or not _same_content(tailed.fd, tailed.state):
             self._truncated(tailed, size)
+        else:
+            tailed.seen_size = size
 
     def _release_unmatched(self, seen: set[str]) -> None:
         for key, tailed in list(self.files.items()):
@@ -337,7 +383,14 @@ class SourceTailer:
             offset=tailed.splitter.read_pos, size=size,
         )  # fmt: skip
         tailed.truncations += 1
-        self._retire(tailed.state, tailed.splitter.offset, tailed.splitter.skipping, tailed.head)
+        self._retire(
+            tailed.state,
+            tailed.splitter.offset,
+            tailed.splitter.skipping,
+            tailed.head,
+            tailed.seen_size,
+        )
+        tailed.seen_size = size
         tailed.splitter = LineSplitter(self.config.max_line_bytes)
         tailed.state.offset = 0
         tailed.state.skipping = False
@@ -349,6 +402,7 @@ class SourceTailer:
         for tailed in self.files.values():
             tailed.state.offset = tailed.splitter.offset
             tailed.state.skipping = tailed.splitter.skipping
+            tailed.state.seen = tailed.seen_size
 
     def close(self) -> None:
         for tailed in self.files.values():

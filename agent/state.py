@@ -57,12 +57,13 @@ class FileState:
     fp_len: int
     offset: int  # bytes consumed: everything before it is stored (or deliberately skipped)
     skipping: bool = False  # inside an over-long line: discard up to the next newline
+    seen: int = 0  # the size last seen: after a truncation, what was there but not yet read
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source, "path": self.path, "dev": self.dev, "ino": self.ino,
             "fingerprint": self.fingerprint, "fp_len": self.fp_len, "offset": self.offset,
-            "skipping": self.skipping,
+            "skipping": self.skipping, "seen": self.seen,
         }  # fmt: skip
 
     @classmethod
@@ -70,7 +71,7 @@ class FileState:
         return cls(
             source=d["source"], path=d["path"], dev=d["dev"], ino=d["ino"],
             fingerprint=d["fingerprint"], fp_len=d["fp_len"], offset=d["offset"],
-            skipping=d.get("skipping", False),
+            skipping=d.get("skipping", False), seen=d.get("seen", 0),
         )  # fmt: skip
 
 
@@ -86,6 +87,7 @@ class PeriodStats:
     per_hour: dict[str, int] = field(default_factory=dict)  # "YYYY-MM-DDTHH" local -> count
     problems: list[dict[str, Any]] = field(default_factory=list)  # first examples, capped
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file key -> receipt line
+    lost_bytes: int = 0  # taken by truncations before they could be read (copytruncate)
 
     @property
     def skipped_total(self) -> int:
@@ -99,7 +101,7 @@ class PeriodStats:
         return {
             "start": self.start, "read": self.read, "selected": self.selected,
             "skipped": self.skipped, "per_rule": self.per_rule, "per_hour": self.per_hour,
-            "problems": self.problems, "files": self.files,
+            "problems": self.problems, "files": self.files, "lost_bytes": self.lost_bytes,
         }  # fmt: skip
 
     @classmethod
@@ -108,7 +110,7 @@ class PeriodStats:
             start=d["start"], read=d.get("read", 0), selected=d.get("selected", 0),
             skipped=dict(d.get("skipped", {})), per_rule=dict(d.get("per_rule", {})),
             per_hour=dict(d.get("per_hour", {})), problems=list(d.get("problems", [])),
-            files=dict(d.get("files", {})),
+            files=dict(d.get("files", {})), lost_bytes=d.get("lost_bytes", 0),
         )  # fmt: skip
 
 
@@ -139,6 +141,9 @@ class Checkpoint:
     files: dict[str, FileState] = field(default_factory=dict)
     reports: dict[str, ReportState] = field(default_factory=dict)
     started_before: bool = False  # start_at applies only to files present at the very first start
+    # Positions of truncated files whose copy may still turn up (see sources.Retired), so a
+    # crash between seeing the truncation and finding the copy does not read the copy twice.
+    retired: list[dict[str, Any]] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -147,6 +152,7 @@ class Checkpoint:
                 "started_before": self.started_before,
                 "files": {k: v.to_dict() for k, v in self.files.items()},
                 "reports": {k: v.to_dict() for k, v in self.reports.items()},
+                "retired": self.retired,
             }
         )
 
@@ -157,6 +163,7 @@ class Checkpoint:
             files={k: FileState.from_dict(v) for k, v in d.get("files", {}).items()},
             reports={k: ReportState.from_dict(v) for k, v in d.get("reports", {}).items()},
             started_before=d.get("started_before", False),
+            retired=list(d.get("retired", [])),
         )
 
 

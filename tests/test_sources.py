@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from agent.config import SourceConfig
 from agent.decode import Positions
-from agent.sources import FP_BYTES, SourceTailer
+from agent.sources import FP_BYTES, Retired, SourceTailer
 from agent.state import Checkpoint, FileState
 
 
@@ -61,9 +61,16 @@ def lines_of(got: list[tuple[str, int, bytes]]) -> list[bytes]:
 def restart(tailer: SourceTailer) -> SourceTailer:
     """Stop (checkpoint through its bytes, close) and start again with what was saved."""
     tailer.sync_states()
-    saved = Checkpoint(files=dict(tailer.known), started_before=True).to_bytes()
+    retired = [r.to_dict() for r in tailer.retired]
+    saved = Checkpoint(files=dict(tailer.known), started_before=True, retired=retired).to_bytes()
     tailer.close()
-    return SourceTailer(tailer.config, Checkpoint.from_bytes(saved).files, first_start=False)
+    loaded = Checkpoint.from_bytes(saved)
+    return SourceTailer(
+        tailer.config,
+        loaded.files,
+        first_start=False,
+        retired=[Retired.from_dict(r) for r in loaded.retired],
+    )
 
 
 def append(path: Path, data: bytes) -> None:
@@ -373,6 +380,74 @@ def test_copytruncate_while_stopped_copy_is_continued_not_reread(tmp_path: Path)
     append(log, event(4))
     tailer.scan()
     assert sorted(lines_of(drain(tailer))) == sorted([event(3)[:-1], event(4)[:-1]])
+
+
+def test_crash_between_seeing_a_truncation_and_finding_the_copy(tmp_path: Path) -> None:
+    """The old position of a truncated file is checkpointed: a copy found after a restart
+    continues there instead of being read from 0."""
+    log = tmp_path / "events.json"
+    tailer = make(tmp_path, pattern="events.json*", start_at="beginning")
+    log.write_bytes(event(1) + event(2))
+    tailer.scan()
+    assert len(drain(tailer)) == 2
+    append(log, event(3))
+    copy_bytes = log.read_bytes()
+    os.truncate(log, 0)  # seen before the copy is (the copy is written to a hidden name first)
+    append(log, event(4))
+    got = lines_of(drain(tailer))
+    assert got == [event(4)[:-1]]
+    tailer = restart(tailer)  # kill -9 here: only the checkpoint survives
+    (tmp_path / "events.json.1").write_bytes(copy_bytes)
+    tailer.scan()
+    assert lines_of(drain(tailer)) == [event(3)[:-1]]
+
+
+def test_bytes_written_between_copy_and_truncate_are_counted_as_lost(tmp_path: Path) -> None:
+    """The original seen longer than its copy: the difference is reported lost, with the path."""
+    log = tmp_path / "events.json"
+    tailer = make(tmp_path, pattern="events.json*", start_at="beginning")
+    log.write_bytes(event(1))
+    tailer.scan()
+    drain(tailer)
+    copy_bytes = log.read_bytes()
+    append(log, event(2))  # after the copy was taken
+    assert drain(tailer) == [("events.json", len(event(1)), event(2)[:-1])]
+    append(log, event(3))  # after the copy, and never read
+    tailer.read(next(iter(tailer.files.values())), 1)  # a look at the size, reading one byte
+    (tmp_path / "events.json.1").write_bytes(copy_bytes)
+    os.truncate(log, 0)
+    tailer.scan()
+    drain(tailer)
+    tailer.scan()
+    assert [(x["path"], x["bytes"]) for x in tailer.losses] == [
+        (str(log), len(event(2) + event(3)))
+    ]
+
+
+def test_truncated_file_without_a_matching_copy_reports_its_unread_bytes(tmp_path: Path) -> None:
+    """A plain path (the copy does not match it): bytes seen but unread before a truncation are lost."""
+    log = tmp_path / "events.json"
+    tailer = make(tmp_path, pattern="events.json", start_at="beginning")
+    log.write_bytes(event(1))
+    tailer.scan()
+    drain(tailer)
+    append(log, event(2))
+    tailer.read(next(iter(tailer.files.values())), 1)
+    os.truncate(log, 0)
+    append(log, event(3))
+    assert lines_of(drain(tailer)) == [event(3)[:-1]]
+    tailer.scan()
+    tailer.scan()
+    assert [x["bytes"] for x in tailer.losses] == [len(event(2))]
+
+
+def test_compressed_rotations_matching_the_glob_are_not_read(tmp_path: Path) -> None:
+    """`events.json.2.gz` matched by `events.json*` is skipped: compressed, and already read."""
+    (tmp_path / "events.json").write_bytes(event(1))
+    (tmp_path / "events.json.2.gz").write_bytes(b"\x1f\x8b" + b"\x00" * 20)
+    tailer = make(tmp_path, pattern="events.json*", start_at="beginning")
+    tailer.scan()
+    assert [Path(t.state.path).name for t in tailer.files.values()] == ["events.json"]
 
 
 def test_copy_scanned_while_being_written_waits_then_continues(tmp_path: Path) -> None:
