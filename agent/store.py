@@ -29,7 +29,12 @@ class ReportStore:
         self.config = config
         self.path = config.store
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        if created:
+            # A new file's name lives in the directory: without this fsync a power cut can lose
+            # the store's directory entry even after its data and the checkpoint were synced.
+            fsync_dir(self.path.parent)
         size = os.fstat(self.fd).st_size
         if committed is None:
             committed = size  # first sight of this store: what it holds belongs to the period

@@ -309,3 +309,68 @@ def test_retention_never_deletes_the_file_of_an_unsent_report(tmp_path: Path, cl
     assert len(remaining) == 1
     assert remaining[0].read_bytes() == b'{"n":9}\n'
     pipeline.close()
+
+
+class Crash(BaseException):
+    """Stands for kill -9 at one instruction: nothing after it in the run happens."""
+
+
+def test_crash_at_any_step_of_a_rotation_leaves_exactly_one_report(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash before each file-system step of a rotation in turn: after a restart there is exactly one
+    queued report for the period, holding every line of it, and an empty store for the next."""
+    import os
+
+    steps = ("write", "fsync", "fdatasync", "replace", "truncate", "ftruncate", "unlink", "rename")
+    k = 0
+    while True:
+        k += 1
+        root = tmp_path / f"run{k}"
+        root.mkdir()
+        cfg = make(root)
+        (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+        lines = write(root / "logs" / "a.json", *({"n": i} for i in range(20)))
+        pipeline = open_pipeline(cfg, clock)
+        drain(pipeline)
+        calls = 0
+
+        def counting(real, crash_at=k):  # type: ignore[no-untyped-def]
+            def step(*args, **kwargs):  # type: ignore[no-untyped-def]
+                nonlocal calls
+                calls += 1
+                if calls == crash_at:
+                    raise Crash
+                return real(*args, **kwargs)
+
+            return step
+
+        crashed = False
+        with monkeypatch.context() as m:
+            for name in steps:
+                m.setattr(os, name, counting(getattr(os, name)))
+            try:
+                pipeline.rotate(cfg.reports[0])
+            except Crash:
+                crashed = True
+        for tailer in pipeline.tailers:
+            tailer.close()
+        for store in pipeline.stores.values():
+            os.close(store.fd)
+        again = open_pipeline(cfg, clock)
+        if not again.outbox.entries():
+            again.rotate(cfg.reports[0])  # the crash came before the rotation was decided
+        entries = again.outbox.entries()
+        assert len(entries) == 1, f"crash at step {k}: {len(entries)} reports queued"
+        rotated = Path(entries[0].meta["rotated_file"])
+        assert rotated.read_bytes().splitlines() == lines, f"crash at step {k}"
+        assert (root / "store" / "daily.jsonl").read_bytes() == b"", f"crash at step {k}"
+        assert sorted(p.name for p in (root / "store").iterdir()) == [
+            "daily-2026-11-21.jsonl",
+            "daily.jsonl",
+        ]
+        again.close()
+        if not crashed:
+            break
+    print(f"a rotation took {k - 1} crashable steps; each was crashed once")
+    assert k > 10, "the rotation has many steps; each was crashed at once"
