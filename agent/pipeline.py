@@ -148,6 +148,7 @@ class Pipeline:
 
     def pump(self, budget: int = PUMP_BYTES) -> bool:
         """Read up to `budget` bytes across all files, store the selection, commit. True if any."""
+        self.finish_rotations()
         self._refresh_routes()
         progressed = False
         spent = 0
@@ -403,6 +404,12 @@ class Pipeline:
         save_checkpoint(self.config.state_dir, self.checkpoint)  # the intent is durable
         self._finish_rotation(report)
         return [Queued(report.name, outbox_id, Period(start, end, day))]
+
+    def finish_rotations(self) -> None:
+        """Finish rotations that a write error interrupted (no line is read before they are)."""
+        for report in self.config.reports:
+            if self.checkpoint.reports[report.name].rotating is not None:
+                self._finish_rotation(report)
 
     def _finish_rotation(self, report: ReportConfig) -> None:
         """Steps of a rotation after its intent was committed; each is safe to repeat."""

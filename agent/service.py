@@ -37,6 +37,7 @@ RESCAN_SECONDS = 30.0  # safety net for events inotify cannot see (NFS, a direct
 RULES_SETTLE_SECONDS = 0.2  # editors write a file in several steps: reload once they are done
 MAX_TIMER_SECONDS = 60.0  # re-read the wall clock at least this often (suspend, clock steps)
 BACKOFF_MAX = 60.0
+RETRY_ROTATION_SECONDS = 10.0
 
 
 class Service:
@@ -51,7 +52,6 @@ class Service:
         self.rules_changed = asyncio.Event()
         self._rescan = False
         self._heartbeat = time.monotonic()
-        self._failing = False
         self.rulebook = RuleBook(
             config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
         )
@@ -106,7 +106,6 @@ class Service:
     # ---- tasks -----------------------------------------------------------------------------
 
     async def _tail(self) -> None:
-        backoff = 1.0
         while True:
             self._heartbeat = time.monotonic()
             self.data.clear()
@@ -116,31 +115,46 @@ class Service:
                     self.pipeline.rescan()
                 progressed = self.pipeline.pump()
             except OSError as exc:
-                # The store or the state cannot be written: stop reading (nothing is dropped;
-                # the pending lines and offsets stay in memory) and retry the commit.
-                self._failing = True
-                log.error("pipeline.write_failed", error=str(exc), retry_in=backoff)
-                self.notifier.status(f"cannot write: {exc}; retrying")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                with contextlib.suppress(OSError):
-                    self.pipeline.commit()
+                await self._recover_writes(exc)
                 continue
-            if self._failing:
-                log.info("pipeline.write_recovered")
-                self._failing = False
-                self.notifier.status(self._status())
-            backoff = 1.0
             if progressed:
                 await asyncio.sleep(0)  # let the other tasks in between big batches
             else:
                 self.notifier.status(self._status())
                 await self.data.wait()
 
+    async def _recover_writes(self, exc: OSError) -> None:
+        """The store or the state cannot be written (disk full, I/O error, permissions).
+
+        Reading stops here: the lines already read stay pending in memory, their offsets are
+        not committed, so nothing is dropped. The commit is retried with backoff until it works.
+        """
+        backoff = 1.0
+        while True:
+            log.error("pipeline.write_failed", error=str(exc), retry_in=backoff)
+            self.notifier.status(f"cannot write: {exc}; retrying in {backoff:.0f} s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+            try:
+                self.pipeline.commit()
+                self.pipeline.finish_rotations()
+            except OSError as again:
+                exc = again
+                continue
+            log.info("pipeline.write_recovered")
+            self.notifier.status(self._status())
+            return
+
     async def _timer(self) -> None:
         while True:
-            if self.pipeline.rotate_due():
-                self.notifier.status(self._status())
+            try:
+                if self.pipeline.rotate_due():
+                    self.notifier.status(self._status())
+            except OSError as exc:
+                # Nothing is lost: an interrupted rotation is finished by the next pump or start.
+                log.error("rotation.failed", error=str(exc), retry_in=RETRY_ROTATION_SECONDS)
+                await asyncio.sleep(RETRY_ROTATION_SECONDS)
+                continue
             delay = (self.pipeline.next_rotation() - self.pipeline.now()).total_seconds()
             await asyncio.sleep(min(max(delay, 0.0), MAX_TIMER_SECONDS))
 
@@ -221,10 +235,14 @@ class Service:
             reports = [r for r in self.config.reports if name in (None, r.name)]
             if not reports:
                 return {"ok": False, "error": f"no report named {name!r}"}
-            self.pipeline.pump()  # what was written before the request belongs to this period
-            queued: list[str] = []
-            for report in reports:
-                queued.extend(q.outbox_id for q in self.pipeline.rotate(report))
+            try:
+                self.pipeline.pump()  # what was written before the request belongs to this period
+                queued: list[str] = []
+                for report in reports:
+                    queued.extend(q.outbox_id for q in self.pipeline.rotate(report))
+            except OSError as exc:
+                self.data.set()  # the tail loop notices the failure too, and retries
+                return {"ok": False, "error": f"cannot rotate now: {exc}; it will be retried"}
             return {"ok": True, "queued": queued}
         if request.get("cmd") == "ping":
             return {"ok": True, "pid": os.getpid()}
