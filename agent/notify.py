@@ -14,6 +14,9 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self._address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block the service on a listener that does not read: a full queue drops it.
+            self._sock.setblocking(False)
+        self._last_status = ""
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         wanted = usec.isdigit() and (not pid or pid == str(os.getpid()))
@@ -34,7 +37,9 @@ class Notifier:
         self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
 
     def status(self, status: str) -> None:
-        self.send(f"STATUS={status}")
+        if status != self._last_status:  # the tail loop goes idle often; say only what changed
+            self._last_status = status
+            self.send(f"STATUS={status}")
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
