@@ -327,10 +327,15 @@ class Pipeline:
     def _note_losses(self, tailer: SourceTailer) -> None:
         """Bytes a truncation took unread become a problem of every report's period."""
         for loss in tailer.losses:
-            text = f"source {loss['source']}: {loss['bytes']} bytes of {loss['path']} lost: {loss['why']}"
+            if loss["bytes"]:
+                kind = "source"  # a certain loss turns the report red
+                text = f"source {loss['source']}: {loss['bytes']} bytes of {loss['path']} lost: {loss['why']}"
+            else:
+                kind = "notice"
+                text = f"source {loss['source']}: {loss['path']}: {loss['why']}"
             for rs in self.checkpoint.reports.values():
                 rs.stats.lost_bytes += loss["bytes"]
-                rs.stats.add_problem({"kind": "source", "text": text})
+                rs.stats.add_problem({"kind": kind, "text": text, "path": loss["path"]})
         tailer.losses.clear()
 
     def _note_source_trouble(self) -> None:

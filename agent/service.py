@@ -51,6 +51,7 @@ class Service:
         self.data = asyncio.Event()
         self.rules_changed = asyncio.Event()
         self._rescan = False
+        self.watcher: Watcher | None = None
         self._heartbeat = time.monotonic()
         self.rulebook = RuleBook(
             config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
@@ -66,7 +67,7 @@ class Service:
         self.pipeline.rotate_due()
         self._tidy_rotated()
         loop = asyncio.get_running_loop()
-        watcher = Watcher(loop)
+        watcher = self.watcher = Watcher(loop)
         self._watch(watcher)
         server = await serve(self.config.state_dir, self._control)
         if not self.config.smtp.verify_tls:
@@ -113,6 +114,8 @@ class Service:
                 if self._rescan:
                     self._rescan = False
                     self.pipeline.rescan()
+                    if self.watcher is not None:  # symlinks may now lead into other directories
+                        self._watch(self.watcher)
                 progressed = self.pipeline.pump()
             except OSError as exc:
                 await self._recover_writes(exc)
@@ -191,8 +194,7 @@ class Service:
 
     def _watch(self, watcher: Watcher) -> None:
         for tailer in self.pipeline.tailers:
-            for directory in tailer.watch_dirs():
-                recursive = directory != Path(tailer.config.path).parent
+            for directory, recursive in tailer.watch_dirs().items():
                 watcher.watch(directory, self._on_source_event, recursive=recursive)
         watcher.watch(self.config.rules_dir, self._on_rules_event)
 

@@ -16,6 +16,7 @@ import glob
 import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ FP_BYTES = 256  # fingerprint length: about one event line
 # lines already read from the file they were, and are not text.
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".Z")
 READ_BYTES = 1 << 20  # one read: large enough that a syscall is cheap per line
+# A file that left the source's path (renamed, deleted, symlink re-pointed) is let go once read to
+# its end and quiet this long: an application keeps writing to its old file until it reopens.
+RELEASE_QUIET_SECONDS = 60.0
 
 log = structlog.get_logger("tailmail.sources")
 
@@ -75,6 +79,7 @@ class Tailed:
     copy_of: str = ""  # the file it was found to copy, once (for the log)
     head: bytes = b""  # the bytes the fingerprint was taken of: a copy is compared with them
     seen_size: int = 0  # the size at the last look: what a truncation may have taken unread
+    grew_at: float = field(default_factory=time.monotonic)  # when it last gave us bytes
 
     @property
     def behind(self) -> int:
@@ -130,6 +135,7 @@ class SourceTailer:
     # Bytes a truncation took before they could be read (copytruncate's window, or a copy the
     # path does not match): drained by the pipeline into the report's problems.
     losses: list[dict[str, Any]] = field(default_factory=list)
+    release_quiet: float = RELEASE_QUIET_SECONDS
 
     def paths(self) -> list[str]:
         pattern = self.config.path
@@ -250,7 +256,8 @@ class SourceTailer:
             )
 
     def _lost(self, path: str, size: int, why: str) -> None:
-        log.warning("source.lost", source=self.config.name, path=path, bytes=size, why=why)
+        event = "source.lost" if size else "source.may_have_lost"
+        log.warning(event, source=self.config.name, path=path, bytes=size, why=why)
         self.losses.append({"source": self.config.name, "path": path, "bytes": size, "why": why})
 
     def _settle(self, tailed: Tailed) -> bool:
@@ -289,14 +296,18 @@ class SourceTailer:
                 state.offset, state.skipping = (
                     (old.offset, old.skipping) if old.offset <= size else (size, False)
                 )
-                if old.seen > size:
-                    # The original was seen longer than its copy: those bytes were written
-                    # between the copy and the truncate, the one window no reader can see.
-                    self._lost(
-                        old.path,
-                        old.seen - size,
-                        "written between copytruncate's copy and its truncate",
-                    )
+                # Bytes seen in the original but neither read nor in the copy were written between
+                # the copy and the truncate: the one window no reader can see. Even when none was
+                # seen, some may have been (the agent does not watch every instant): say so.
+                lost = max(0, old.seen - max(old.offset, size))
+                self._lost(
+                    old.path,
+                    lost,
+                    "written between copytruncate's copy and its truncate"
+                    if lost
+                    else "copytruncate: lines written between its copy and its truncate, if there "
+                    "were any, are lost (none were seen); logrotate's create method avoids this",
+                )
                 tailed.splitter = LineSplitter(
                     self.config.max_line_bytes, state.offset, state.skipping
                 )
@@ -341,7 +352,10 @@ class SourceTailer:
                 tailed.idle_scans += 1
             else:
                 tailed.idle_scans = 0
-            if tailed.idle_scans >= 2:
+            # Scans come in bursts (every rename in the directory triggers one), so two scans
+            # alone can be a millisecond apart: the writer must also have been quiet a while.
+            quiet = time.monotonic() - tailed.grew_at >= self.release_quiet
+            if tailed.idle_scans >= 2 and quiet:
                 log.info("source.released", source=self.config.name, path=tailed.state.path)
                 self._close(key)
         for key in list(self.known):
@@ -368,6 +382,7 @@ class SourceTailer:
             tailed.at_end = True
             return None
         tailed.at_end = False
+        tailed.grew_at = time.monotonic()
         state = tailed.state
         # Re-take the fingerprint when it grows, and at the first read: one taken when the file
         # was opened describes content that a truncate before this read may have replaced.
@@ -409,15 +424,26 @@ class SourceTailer:
             os.close(tailed.fd)
         self.files.clear()
 
-    def watch_dirs(self) -> set[Path]:
-        """Directories whose changes concern this source (the deepest one without wildcards)."""
-        parts = Path(self.config.path).parts
+    def watch_dirs(self) -> dict[Path, bool]:
+        """Directories whose changes concern this source, each with whether to watch below it.
+
+        The deepest directory of the path without wildcards (recursively when the wildcards are
+        in directory names), and the directories of the files it reads through symlinks
+        (`/var/log/containers/*` links into `/var/log/pods/...`, where the writes happen).
+        """
+        path = Path(self.config.path)
         fixed: list[str] = []
-        for part in parts[:-1]:
+        for part in path.parts[:-1]:
             if glob.has_magic(part):
                 break
             fixed.append(part)
-        return {Path(*fixed)} if fixed else {Path("/")}
+        base = Path(*fixed) if fixed else Path("/")
+        dirs = {base: base != path.parent}
+        for tailed in self.files.values():
+            real = Path(os.path.realpath(tailed.state.path)).parent
+            if real != base and not (dirs[base] and base in real.parents):
+                dirs.setdefault(real, False)
+        return dirs
 
 
 def _same_content(fd: int, known: FileState) -> bool:
