@@ -57,6 +57,18 @@ class Queued:
     period: Period
 
 
+def report_id(report: str, start: datetime) -> str:
+    """The outbox id (and Message-ID part) of a period: unique per period start.
+
+    Forced rotations can start periods within one second of each other, so a start that is not
+    on a whole second carries its microseconds: without them two periods would share an id and
+    the second report would be taken for the first, already queued.
+    """
+    utc = start.astimezone(UTC)
+    micro = f"-{utc.microsecond:06d}" if utc.microsecond else ""
+    return f"{report}-{utc:%Y%m%dT%H%M%SZ}{micro}"
+
+
 def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat()
 
@@ -395,7 +407,7 @@ class Pipeline:
         day = start.astimezone(report.timezone).date()
         store = self.stores.get(report.name)
         size = store.size if store is not None else rs.store_size
-        outbox_id = f"{report.name}-{start.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+        outbox_id = report_id(report.name, start)
         rs.rotating = {
             "rotated": str(rotated_path(report, day)),
             "start": _iso(start), "end": _iso(end), "day": day.isoformat(),

@@ -374,3 +374,22 @@ def test_crash_at_any_step_of_a_rotation_leaves_exactly_one_report(
             break
     print(f"a rotation took {k - 1} crashable steps; each was crashed once")
     assert k > 10, "the rotation has many steps; each was crashed at once"
+
+
+def test_two_forced_rotations_within_a_second_queue_two_reports(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Periods started less than a second apart still get distinct reports (ids carry microseconds)."""
+    cfg = make(tmp_path)
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    pipeline = open_pipeline(cfg, clock)
+    firsts = []
+    for i in range(3):
+        write(tmp_path / "logs" / "a.json", {"n": i})
+        drain(pipeline)
+        firsts += pipeline.rotate(cfg.reports[0])
+        clock.advance(seconds=0.25)
+    ids = [q.outbox_id for q in firsts]
+    assert len(set(ids)) == 3, ids
+    assert len(pipeline.outbox.entries()) == 3
+    pipeline.close()
