@@ -219,23 +219,24 @@ class _Reader:
             self.problem(m.line_of(key), f"{key} must be a string")
             return default
         text = str(value)
+        expanded = self.expand(text, m.line_of(key), key)
+        return default if expanded is None else expanded
+
+    def expand(self, text: str, line: int, what: str) -> str | None:
+        """`${NAME}` replaced from the environment; None (and a problem) if one is not set."""
         try:
             return expand_env(text, self.env)
         except KeyError as exc:
-            self.problem(m.line_of(key), f"{key}: environment variable {exc.args[0]} is not set")
-            return default
+            self.problem(line, f"{what}: environment variable {exc.args[0]} is not set")
+            return None
 
     def convert(self, m: Map, key: str, parse: Callable[[object], T], default: T) -> T:
         if key not in m or m[key] is None:
             return default
         value = m[key]
         if isinstance(value, str):
-            try:
-                value = expand_env(value, self.env)
-            except KeyError as exc:
-                self.problem(
-                    m.line_of(key), f"{key}: environment variable {exc.args[0]} is not set"
-                )
+            value = self.expand(value, m.line_of(key), key)
+            if value is None:
                 return default
         try:
             return parse(value)
@@ -256,12 +257,8 @@ class _Reader:
             return default
         value = m[key]
         if isinstance(value, str) and "${" in value:  # `port: ${SMTP_PORT}`
-            try:
-                text = expand_env(value, self.env)
-            except KeyError as exc:
-                self.problem(
-                    m.line_of(key), f"{key}: environment variable {exc.args[0]} is not set"
-                )
+            text = self.expand(value, m.line_of(key), key)
+            if text is None:
                 return default
             value = int(text) if re.fullmatch(r"\s*-?\d+\s*", text) else value
         if isinstance(value, bool) or not isinstance(value, int):
@@ -307,10 +304,9 @@ class _Reader:
             if not isinstance(item, str):
                 self.problem(line, f"{key}: every item must be a string, not {item!r}")
                 continue
-            try:
-                result.append((expand_env(item, self.env), line))
-            except KeyError as exc:
-                self.problem(line, f"{key}: environment variable {exc.args[0]} is not set")
+            expanded = self.expand(item, line, key)
+            if expanded is not None:
+                result.append((expanded, line))
         return result
 
 
