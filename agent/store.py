@@ -82,19 +82,25 @@ class ReportStore:
 
 
 def rotated_path(config: ReportConfig, day: date) -> Path:
-    """`daily.jsonl` -> `daily-2026-11-21.jsonl`; a second one that day gets `.2`, and so on."""
+    """`daily.jsonl` -> `daily-2026-11-21.jsonl`; later ones that day get `.2`, `.3`, ...
+
+    The number follows the highest one on disk for that day, never a lower one that pruning
+    freed: the names must sort in the order the periods happened.
+    """
     store = config.store
-    n = 1
-    while True:
-        tag = day.isoformat() if n == 1 else f"{day.isoformat()}.{n}"
-        candidate = store.with_name(f"{store.stem}-{tag}{store.suffix}")
-        if not candidate.exists() and not candidate.with_name(candidate.name + ".gz").exists():
-            return candidate
-        n += 1
+    taken = [n for d, n, _ in _rotated(config) if d == day.isoformat()]
+    n = max(taken, default=0) + 1
+    tag = day.isoformat() if n == 1 else f"{day.isoformat()}.{n}"
+    return store.with_name(f"{store.stem}-{tag}{store.suffix}")
 
 
 def rotated_files(config: ReportConfig) -> list[Path]:
     """The rotated files of a report that are still on disk, newest first."""
+    return [path for _, _, path in sorted(_rotated(config), reverse=True)]
+
+
+def _rotated(config: ReportConfig) -> list[tuple[str, int, Path]]:
+    """(day, number, path) of each rotated file of the report, compressed or not."""
     store = config.store
     if not store.parent.is_dir():
         return []
@@ -110,8 +116,8 @@ def rotated_files(config: ReportConfig) -> list[Path]:
     found = []
     for path in store.parent.iterdir():
         if m := name.fullmatch(path.name):
-            found.append(((m[1], int(m[2] or 1)), path))
-    return [path for _, path in sorted(found, reverse=True)]
+            found.append((m[1], int(m[2] or 1), path))
+    return found
 
 
 def prune(config: ReportConfig, protected: set[str]) -> list[Path]:

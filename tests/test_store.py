@@ -222,3 +222,11 @@ def test_compress_of_an_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "daily-2026-11-21.jsonl"
     path.write_bytes(b"")
     assert gzip.decompress(compress(path).read_bytes()) == b""
+
+
+def test_rotated_path_never_reuses_a_number_that_pruning_freed(tmp_path: Path) -> None:
+    """With .1 pruned and .2, .3 still there, the next name is .4: names sort in period order."""
+    config = report(tmp_path)
+    for name in ("daily-2026-11-21.2.jsonl", "daily-2026-11-21.3.jsonl.gz"):
+        (tmp_path / name).write_bytes(b"")
+    assert rotated_path(config, DAY) == tmp_path / "daily-2026-11-21.4.jsonl"
