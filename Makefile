@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt clean
+.PHONY: run test soak lint fmt clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# kill -9 the real agent 1,000 times while 1,000,000+ lines are written and rotated (see tests/soak.py)
+soak: $(STAMP)
+	$(BIN)/python tests/soak.py
 
 fmt: $(STAMP)
 	$(BIN)/ruff format agent tests

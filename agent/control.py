@@ -103,5 +103,7 @@ async def request(
         finally:
             writer.close()
             await writer.wait_closed()
+    if not line:
+        raise ConnectionError("the service closed the connection without answering")
     reply: dict[str, Any] = orjson.loads(line)
     return reply

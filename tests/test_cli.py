@@ -256,3 +256,36 @@ def test_demo_ends_with_a_report_on_disk(tmp_path: Path) -> None:
     assert len(emls) == 1
     assert f"Report received: {emls[0]}" in result.stdout
     assert "Attachment: daily-" in result.stdout
+
+
+def test_rotate_says_so_when_the_service_hangs_up_without_answering(tmp_path: Path) -> None:
+    """A service that dies mid-request: `rotate` exits 1 with a sentence, not a traceback."""
+    import fcntl
+    import socket
+    import threading
+
+    config = write_config(tmp_path / "config.yaml", base_config(tmp_path))
+    state = tmp_path / "state"
+    state.mkdir()
+    lock = open(state / "lock", "w")  # noqa: SIM115 - held for the whole test
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(state / "control.sock"))
+    server.listen(1)
+
+    def hang_up() -> None:
+        conn, _ = server.accept()
+        conn.recv(4096)  # take the request, then die without answering
+        conn.close()
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    try:
+        result = tailmail("rotate", "-c", str(config))
+    finally:
+        thread.join(timeout=10)
+        server.close()
+        lock.close()
+    assert result.returncode == 1
+    assert "closed the connection without answering" in result.stderr
+    assert "Traceback" not in result.stderr
