@@ -439,11 +439,14 @@ class Pipeline:
             store.close()
         if not rotated.exists():
             if report.store.exists():
+                # Cut what a run that died after the intent may have appended, then rename.
                 os.truncate(report.store, info["size"])
                 os.replace(report.store, rotated)
             else:
                 rotated.parent.mkdir(parents=True, exist_ok=True)
                 rotated.touch()
+            # The rename must be durable before the report that names the file is queued and
+            # the intent cleared: after a power cut the file must be where the outbox says.
             fsync_dir(rotated.parent)
         self.stores[report.name] = ReportStore(report, 0)
         stats = PeriodStats.from_dict(info["stats"])
