@@ -439,7 +439,7 @@ class Pipeline:
             store.close()
         if not rotated.exists():
             if report.store.exists():
-                # Cut what a run that died after the intent may have appended, then rename.
+                # The period holds exactly the committed bytes the intent recorded.
                 os.truncate(report.store, info["size"])
                 os.replace(report.store, rotated)
             else:
