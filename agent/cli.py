@@ -139,19 +139,35 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_test_email(args: argparse.Namespace) -> int:
+    from agent.config import check_address
     from agent.mail import test_email
 
     config = _config(args)
     to = args.to or config.reports[0].to[0]
+    # --to is the one address `check` has not seen: the same validation, so that no line break
+    # reaches a header or an SMTP command.
+    wrong = check_address(to)
+    if wrong:
+        print(f"tailmail: --to: {wrong}", file=sys.stderr)
+        return EXIT_USAGE
+    # The doctor compares the server's SIZE limit with the biggest report the config may send.
+    attaching = [r for r in config.reports if r.attach]
+    biggest = max(attaching, key=lambda r: r.max_attachment_bytes, default=None)
+    largest = (biggest.name, biggest.max_attachment_bytes) if biggest else None
+    warnings: list[str] = []
 
     def say(line: str) -> None:
         print(line, flush=True)
 
-    failure = asyncio.run(test_email(config.smtp, to, say))
+    failure = asyncio.run(
+        test_email(config.smtp, to, say, largest_attachment=largest, warn=warnings.append)
+    )
     if failure is not None:
         print(f"FAILED: {failure.advice()}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"OK: test message accepted for {to}")
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -342,7 +358,7 @@ def print_status(config: Config, out: TextIO) -> None:
     for report in config.reports:
         rs = checkpoint.reports.get(report.name)
         last = outbox.last_delivered(report.name)
-        sent = f"{last.get('period')} at {last.get('time')}" if last else "none yet"
+        sent = f"{last.get('period')} at {last.get('at')}" if last else "none yet"
         if rs is None:
             print(f"  {report.name}: no period started yet; last report sent: {sent}", file=out)
             continue

@@ -38,7 +38,7 @@ from aiosmtplib import (
 )
 
 from agent import __version__
-from agent.config import SmtpConfig
+from agent.config import SmtpConfig, has_header_breaks
 
 Say = Callable[[str], None]
 
@@ -100,7 +100,7 @@ class SmtpFailure(Exception):
             case "timeout":
                 return f"{where} did not answer in time: a firewall may be dropping the connection, or the port expects other security (ssl on 465, starttls on 587); check smtp.port and smtp.security, or raise smtp.timeout."
             case "disconnected":
-                return f"{where} closed the connection unexpectedly ({self.text}): it may be overloaded or limiting clients; the message stays queued and is retried."
+                return f"{where} closed the connection unexpectedly ({self.text}): it may be overloaded or limiting clients; reports are kept and retried."
             case "tls_untrusted":
                 return f"The certificate of {where} is not signed by a trusted authority ({self.text}): put its CA certificate (PEM) in a file and set smtp.ca_file to it; verify_tls: false is a last resort."
             case "tls_hostname":
@@ -113,6 +113,8 @@ class SmtpFailure(Exception):
                 return f"{where} does not offer STARTTLS, so the connection cannot be encrypted: use security: ssl if the port expects TLS at once (465), or the server's submission port (587); tailmail sends in the clear only with security: none."
             case "auth_rejected":
                 return f"{where} rejected the login ({answer}): check smtp.username and smtp.password (or password_file)."
+            case "auth_required":
+                return f"{where} requires a login before it takes mail ({answer}): set smtp.username and smtp.password (or password_file)."
             case "auth_unavailable":
                 return f"No authentication is possible with {where} ({self.text}): use security starttls or ssl, or remove smtp.username if the server needs no login."
             case "sender_rejected":
@@ -120,7 +122,7 @@ class SmtpFailure(Exception):
             case "recipient_rejected":
                 return f"{where} refused the recipient ({answer}): check the report's to and cc addresses."
             case "temporary":
-                return f"{where} reported a temporary problem ({answer}): nothing to change; the message stays queued and is retried."
+                return f"{where} reported a temporary problem ({answer}): nothing needs changing here, reports are kept and retried; if it persists, ask the server's administrator."
             case "permanent":
                 return f"{where} refused the message permanently ({answer}): check its size and the server's policy with the mail administrator."
             case _:
@@ -180,12 +182,26 @@ async def deliver(
     return await session.run(message, list(dict.fromkeys(recipients)), on_accepted)
 
 
-async def test_email(smtp: SmtpConfig, to: str, say: Say) -> SmtpFailure | None:
+async def test_email(
+    smtp: SmtpConfig,
+    to: str,
+    say: Say,
+    *,
+    largest_attachment: tuple[str, int] | None = None,
+    warn: Say | None = None,
+) -> SmtpFailure | None:
     """Send a short test message to `to`, saying each step as `step: what happened`; return
     the failure, or None. A failed step is said as `step: FAILED (cause): answer`; the caller
     prints `failure.advice()` and chooses the exit code.
+
+    `largest_attachment` is (report name, max_attachment_bytes) of the report that may send the
+    biggest file: the server's SIZE limit is compared with the message it makes. A problem that
+    does not stop the test message (a SIZE limit too small for reports) is said as a step and
+    given to `warn` as one sentence.
     """
-    session = _Session(smtp, say)
+    if has_header_breaks(to):
+        raise ValueError("the recipient contains a line break or NUL")
+    session = _Session(smtp, say, largest_attachment, warn)
     try:
         await session.run(_test_message(smtp, to), [to])
     except SmtpFailure as failure:
@@ -198,7 +214,7 @@ async def test_email(smtp: SmtpConfig, to: str, say: Say) -> SmtpFailure | None:
 def _test_message(smtp: SmtpConfig, to: str) -> bytes:
     host = socket.gethostname()
     msg = EmailMessage()
-    msg["From"] = smtp.from_addr
+    msg["From"] = smtp.from_addr  # validated by `check`, like every configured address
     msg["To"] = to
     msg["Subject"] = f"[{host}] tailmail test message"
     msg["Date"] = email.utils.formatdate(localtime=True)
@@ -219,9 +235,17 @@ def _msgid_domain(from_addr: str) -> str:
 class _Session:
     """One SMTP conversation: open (resolve .. auth), one transaction, close."""
 
-    def __init__(self, smtp: SmtpConfig, say: Say | None) -> None:
+    def __init__(
+        self,
+        smtp: SmtpConfig,
+        say: Say | None,
+        largest_attachment: tuple[str, int] | None = None,
+        warn: Say | None = None,
+    ) -> None:
         self.smtp = smtp
         self._say = say
+        self._largest = largest_attachment
+        self._warn = warn
         self.client: aiosmtplib.SMTP | None = None
         self._secrets = _secrets(smtp)
 
@@ -264,6 +288,7 @@ class _Session:
         """Turn whatever the client raises during `name` into an SmtpFailure."""
         try:
             yield
+            _raise_if_cancelled()
         except SmtpFailure:
             raise
         except SMTPResponseException as exc:
@@ -321,6 +346,7 @@ class _Session:
             await self.close(polite=False)
             raise
         await self.close(polite=True)
+        _raise_if_cancelled()
         return result
 
     async def open(self) -> None:
@@ -381,6 +407,12 @@ class _Session:
             await self.ehlo()
         if smtp.username:
             await self.auth(smtp.username, smtp.password or "")
+        elif client.supports_extension("auth"):
+            offered = " ".join(m.upper() for m in client.server_auth_methods)
+            self.say(f"auth: no smtp.username, so no login (the server offers {offered})")
+        else:
+            self.say("auth: no smtp.username, so no login")
+        self.say_size()
 
     async def ehlo(self) -> None:
         client = self._client()
@@ -450,6 +482,10 @@ class _Session:
                 reply = await client.mail(sender, options=options, encoding=encoding)
             except SMTPResponseException as exc:
                 cause = "sender_rejected" if exc.code >= 500 else "temporary"
+                if exc.code == 530:
+                    # "Authentication required": our configuration, not the message, so it is
+                    # retried like a rejected login until the operator adds one.
+                    self.fail("mail", "auth_required", exc.message, code=exc.code, transient=True)
                 self.fail("mail", cause, exc.message, code=exc.code)
         self.say(f"mail: FROM:<{sender}> -> {_reply(reply)}")
 
@@ -533,6 +569,40 @@ class _Session:
         assert self.client is not None
         return self.client
 
+    def say_size(self) -> None:
+        """The server's SIZE limit against the biggest report the configuration can make."""
+        if self._say is None:
+            return
+        client = self._client()
+        announced = client.esmtp_extensions.get("size", "").strip()
+        limit = int(announced) if announced.isdigit() else 0  # RFC 1870: 0 is no limit
+        if not limit:
+            self.say("size: the server announces no SIZE limit")
+            return
+        if self._largest is None:
+            self.say(
+                f"size: the server takes messages up to {_size(limit)}; no report attaches a file"
+            )
+            return
+        report, attachment = self._largest
+        needed = report_size(attachment)
+        said = (
+            f"size: the server takes messages up to {_size(limit)}; the biggest report the "
+            f"config allows is about {_size(needed)} as sent (report {report}: "
+            f"max_attachment_bytes {_size(attachment)}, base64-encoded, with the text and HTML)"
+        )
+        if needed <= limit:
+            self.say(f"{said}: it fits")
+            return
+        fits = f"{attachment_within(limit) // 1024}KiB"
+        self.say(f"{said}: WARNING too big")
+        if self._warn is not None:
+            self._warn(
+                f"{self.smtp.host} port {self.smtp.port} takes messages up to {_size(limit)} but "
+                f"report {report} may send about {_size(needed)}: set its max_attachment_bytes "
+                f"to {fits} or less, or ask the mail administrator for a higher limit."
+            )
+
     def say_tls(self) -> None:
         if self._say is None:
             return
@@ -557,6 +627,46 @@ class _Session:
             f"tls: {version} ({name}); certificate verified: subject {subject}; "
             f"names {names or '-'}; issuer {issuer}; expires {expires}"
         )
+
+
+# A report's text and HTML parts and headers, quoted-printable: the HTML is kept under 100 KB.
+REPORT_OVERHEAD = 256 * 1024
+
+
+def report_size(attachment: int) -> int:
+    """Bytes on the wire of a report whose attachment is `attachment` bytes: base64 makes 4
+    of 3, in lines of 76 characters and CRLF; the rest of the report is REPORT_OVERHEAD at most."""
+    encoded = 4 * -(-attachment // 3)
+    return encoded + 2 * -(-encoded // 76) + REPORT_OVERHEAD
+
+
+def attachment_within(limit: int) -> int:
+    """The largest attachment whose report_size is at most `limit`."""
+    room = max(0, limit - REPORT_OVERHEAD)
+    guess = room * 3 * 76 // (4 * 78)
+    while guess > 0 and report_size(guess) > limit:
+        guess -= 1
+    return guess
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that was swallowed on the way.
+
+    aiosmtplib waits for every reply with asyncio.wait_for, which in Python 3.11 returns the
+    reply and drops the CancelledError when both arrive in the same loop iteration. A task that
+    was asked to stop must not go on (to MAIL, or back to waiting for work): its TaskGroup, and
+    so the service's shutdown, would wait forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _secrets(smtp: SmtpConfig) -> list[str]:

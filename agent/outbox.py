@@ -14,7 +14,8 @@ interrupted step left behind before it sends anything.
 
 Delivery is at least once: a crash after the server accepted DATA and before the outbox recorded
 it sends the message again on restart. SMTP offers nothing better; the other way round would
-lose reports.
+lose reports. The window is kept small: the outcome is recorded as soon as the 250 to DATA is
+read, before QUIT. A resend is recognisable by its Message-ID, the same in every attempt.
 """
 
 from __future__ import annotations
@@ -144,17 +145,20 @@ class Outbox:
         return delivered[-1] if delivered else None
 
     def problems_since_last_delivery(self, report: str) -> list[dict[str, Any]]:
-        """Failed and deferred events of `report` after its last delivered one (for the red
-        status bar of the next report)."""
-        problems: list[dict[str, Any]] = []
+        """Delivery problems of `report` after its last delivered message, for the red status
+        bar of the next report: one per message, its latest failed or deferred event (a message
+        retried ten times is one problem, not ten), each with a `text` sentence."""
+        problems: dict[str, dict[str, Any]] = {}
         for event in self.history():
             if event.get("report") != report:
                 continue
             if event.get("event") == "delivered":
-                problems = []
+                problems = {}
             elif event.get("event") in ("failed", "deferred"):
-                problems.append(event)
-        return problems
+                key = str(event.get("id"))
+                problems.pop(key, None)  # re-inserted: ordered by latest event
+                problems[key] = event
+        return list(problems.values())
 
     def unsent_files(self) -> set[str]:
         """The rotated files of every queued or failed entry: retention must keep them."""
@@ -375,8 +379,18 @@ class Sender:
 
     async def attempt(self, entry: OutboxEntry) -> None:
         """One delivery attempt of `entry` to its pending recipients."""
-        failure, result = await self._send(entry, entry.pending)
-        self._settle(entry, failure, result)
+        settled = False
+
+        def accepted(result: DeliveryResult) -> None:
+            # Recorded the moment the server has the message, before QUIT: a crash or a stop
+            # while a slow server says goodbye must not send the report again.
+            nonlocal settled
+            settled = True
+            self._settle(entry, None, result)
+
+        failure, result = await self._send(entry, entry.pending, accepted)
+        if not settled:
+            self._settle(entry, failure, result)
 
     def _settle(
         self, entry: OutboxEntry, failure: SmtpFailure | None, result: DeliveryResult | None
@@ -435,7 +449,10 @@ class Sender:
             self._complete(entry, attempt, now)
 
     async def _send(
-        self, entry: OutboxEntry, pending: list[str]
+        self,
+        entry: OutboxEntry,
+        pending: list[str],
+        on_accepted: Callable[[DeliveryResult], None],
     ) -> tuple[SmtpFailure | None, DeliveryResult | None]:
         if not pending:  # everything was settled before a crash: only completion is left
             return None, None
@@ -443,17 +460,10 @@ class Sender:
             message = entry.path.read_bytes()
         except OSError as exc:
             return SmtpFailure("queue", "local", f"cannot read {entry.path}: {exc}"), None
-        accepted: list[DeliveryResult] = []
         try:
-            return None, await deliver(self.smtp, message, pending, on_accepted=accepted.append)
+            return None, await deliver(self.smtp, message, pending, on_accepted=on_accepted)
         except SmtpFailure as exc:
             return exc, exc.result
-        except asyncio.CancelledError:
-            if accepted:
-                # Cancelled while saying goodbye: the server has the message, so record that
-                # (synchronously) rather than send it again after a restart.
-                self._settle(entry, None, accepted[0])
-            raise
 
     def _defer(
         self,
@@ -481,15 +491,31 @@ class Sender:
             retry_at=_iso(entry.meta["next_attempt"]),
         )
         self.outbox.update(entry, entry.meta)
-        self.outbox.record(self._event("deferred", entry, attempt, still, error))
+        tries = f"{attempt} attempt{'s' if attempt != 1 else ''}"
+        text = (
+            f"not yet delivered to {', '.join(still)} after {tries}, retried until "
+            f"{_iso(deadline)}; last answer: {_answer(error)}"
+        )
+        self.outbox.record(self._event("deferred", entry, attempt, still, error, text))
 
     def _complete(self, entry: OutboxEntry, attempt: int, now: float) -> None:
         """No recipient is pending: delivered (to some or all), or failed."""
         meta = entry.meta
         delivered_to = meta["delivered_to"]
         failed = [r for r in meta["recipients"] if r not in delivered_to]
-        failed_event = self._event("failed", entry, attempt, failed, meta.get("last_error"))
-        failed_event["rejected"] = {r: meta["rejected"][r] for r in failed if r in meta["rejected"]}
+        rejected = {r: meta["rejected"][r] for r in failed if r in meta["rejected"]}
+        if meta.get("expired"):
+            why = f"retry_for ran out after {attempt} attempts; last answer: {_answer(meta.get('last_error'))}"
+        else:
+            answers = {r: " ".join(str(x) for x in a if x) for r, a in rejected.items()}
+            if len(answers) == 1 and list(answers) == failed:
+                said = next(iter(answers.values()))
+            else:
+                said = "; ".join(f"{r}: {a}" for r, a in answers.items())
+            why = f"refused for good: {said or _answer(meta.get('last_error'))}"
+        text = f"not delivered to {', '.join(failed)}: {why}; kept in the outbox's failed folder"
+        failed_event = self._event("failed", entry, attempt, failed, meta.get("last_error"), text)
+        failed_event["rejected"] = rejected
         if failed:
             meta["failed_at"] = now
         if not delivered_to:
@@ -556,6 +582,7 @@ class Sender:
         attempt: int,
         recipients: list[str],
         error: dict[str, Any] | None,
+        text: str | None = None,
     ) -> dict[str, Any]:
         event: dict[str, Any] = {
             "event": kind,
@@ -567,4 +594,14 @@ class Sender:
         }
         if error:
             event["error"] = error
+        if text:
+            event["text"] = text  # one sentence, for the problems list of the next report
         return event
+
+
+def _answer(error: dict[str, Any] | None) -> str:
+    """`step: code text`, from an SmtpFailure.as_dict()."""
+    if not error:
+        return "no answer recorded"
+    code = f"{error['code']} " if error.get("code") is not None else ""
+    return f"{error.get('step')}: {code}{error.get('text')}"

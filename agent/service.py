@@ -70,7 +70,7 @@ class Service:
         watcher = self.watcher = Watcher(loop)
         self._watch(watcher)
         server = await serve(self.config.state_dir, self._control)
-        if not self.config.smtp.verify_tls:
+        if not self.config.smtp.verify_tls and self.config.smtp.security != "none":
             log.warning(
                 "smtp.tls_unverified", host=self.config.smtp.host, hint="verify_tls is false"
             )

@@ -10,6 +10,11 @@ never by mocking the client.
         ...
         assert server.messages[0].rcpt_tos == ["ops@example.com"]
 
+A server can be started on a socket the test bound earlier (`bind_port`): while nothing listens on
+it, connections are refused, so "the server is down, then comes back on the same port" needs no
+race for the port. `stall_data` and `lose_reply` make DATA hang (before or after the message is
+taken) so a client can be killed in the middle of it.
+
 Import the fixtures in conftest.py: `from smtp_sink import ca, ca_file, closed_port,
 silent_port, smtp_server`.
 """
@@ -37,6 +42,7 @@ __all__ = [
     "Fault",
     "Received",
     "SmtpServer",
+    "bind_port",
     "ca",
     "ca_file",
     "closed_port",
@@ -89,6 +95,7 @@ class _Record:
     messages: list[Received] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     auth_attempts: list[tuple[str, str, bool]] = field(default_factory=list)
+    data_attempts: list[bytes] = field(default_factory=list)
 
 
 class _Handler:
@@ -101,12 +108,16 @@ class _Handler:
         credentials: tuple[str, str] | None,
         require_auth: bool,
         quit_delay: float,
+        stall_data: int = 0,
+        lose_reply: int = 0,
     ) -> None:
         self.record = record
         self.faults = faults
         self.credentials = credentials
         self.require_auth = require_auth
         self.quit_delay = quit_delay
+        # How many of the next DATA still stall unanswered ("stall") or lose their 250 ("lose").
+        self.countdown = {"stall": stall_data, "lose": lose_reply}
         self.lock = threading.Lock()
 
     def _fault(self, command: str, address: str | None = None) -> str | None:
@@ -178,20 +189,33 @@ class _Handler:
             await asyncio.sleep(self.quit_delay)  # a server slow to say goodbye
         return MISSING
 
+    def _take(self, counter: str) -> bool:
+        with self.lock:
+            left = self.countdown[counter]
+            self.countdown[counter] = max(0, left - 1)
+            return left > 0
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.record.commands.append("DATA")
+        content = bytes(envelope.original_content or b"")
+        self.record.data_attempts.append(content)
+        if self._take("stall"):
+            # The content is in, the answer never comes: the client waits at the end of DATA.
+            # aiosmtpd cancels this when the client goes away; the message was not taken.
+            await asyncio.Event().wait()
         reply = self._fault("DATA")
         if reply:
             return reply
-        content = envelope.original_content or b""
         self.record.messages.append(
             Received(
                 str(envelope.mail_from),
                 list(envelope.rcpt_tos),
-                bytes(content),
+                content,
                 list(envelope.mail_options),
             )
         )
+        if self._take("lose"):
+            await asyncio.Event().wait()  # taken, but the 250 never reaches the client
         return "250 2.0.0 OK queued"
 
 
@@ -258,6 +282,11 @@ class SmtpServer:
         """(mechanism, login, accepted) of each login tried."""
         return list(self._record.auth_attempts)
 
+    @property
+    def data_attempts(self) -> list[bytes]:
+        """The content of every DATA received, taken or not (stalled, refused by a fault)."""
+        return list(self._record.data_attempts)
+
     def config(self, **overrides: Any) -> SmtpConfig:
         """An SmtpConfig that reaches this server: its security, login and test CA."""
         username, password = self.credentials or (None, None)
@@ -303,6 +332,19 @@ def expired_cert(ca: trustme.CA, *names: str) -> trustme.LeafCert:
     )
 
 
+def bind_port(port: int = 0) -> socket.socket:
+    """A loopback socket bound to `port` (0: a free one) and not listening: connections to it are
+    refused until a server is started on it (`start_smtp_server(sock=...)`). Close it when done."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((LOOPBACK, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def start_smtp_server(
     *,
     tls: Tls = "none",
@@ -317,6 +359,9 @@ def start_smtp_server(
     cert_names: tuple[str, ...] = ("localhost", LOOPBACK),
     cert: trustme.LeafCert | None = None,
     data_size_limit: int | None = 32 * 1024 * 1024,
+    stall_data: int = 0,
+    lose_reply: int = 0,
+    sock: socket.socket | None = None,
 ) -> SmtpServer:
     """Start a server on 127.0.0.1 and a free port; stop it with `.stop()`.
 
@@ -325,9 +370,12 @@ def start_smtp_server(
     or is `cert`. auth: the one (user, password) accepted; AUTH PLAIN and LOGIN are offered
     after TLS, or also in the clear with offer_auth_in_clear; auth_mechanisms narrows them.
     require_auth: MAIL before a login gets 530. quit_delay: seconds before answering QUIT.
+    stall_data: the first N DATA get no answer (the message is not taken); lose_reply: the
+    next N DATA are taken but never answered (a lost 250). sock: serve on this socket (from
+    `bind_port`, which the caller still closes) instead of a new one on a free port.
     """
     record = _Record()
-    handler = _Handler(record, list(faults), auth, require_auth, quit_delay)
+    handler = _Handler(record, list(faults), auth, require_auth, quit_delay, stall_data, lose_reply)
     server_ctx: ssl.SSLContext | None = None
     if tls != "none":
         if ca is None:
@@ -347,9 +395,9 @@ def start_smtp_server(
         kwargs.update(tls_context=server_ctx, require_starttls=True)
     elif tls == "ssl":
         kwargs.update(ssl_context=server_ctx)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, 0))
+    # A given socket is duplicated: the server closes its copy when stopped, the caller its own,
+    # in whichever order (a close under the server's feet would break its event loop).
+    sock = bind_port() if sock is None else sock.dup()
     controller = _Controller(handler, sock, **kwargs)
     try:
         controller.start()

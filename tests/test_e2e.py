@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import gzip
+import re
 import signal
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -176,6 +177,8 @@ def test_selected_lines_arrive_as_the_attachment(
         lambda: list((tmp_path / "store").glob("daily-*.jsonl.gz")),
         "the rotated file to be compressed",
     )
+    status = tailmail("status", "-c", str(config)).stdout
+    assert re.search(r"last report sent: \d{4}-\d{2}-\d{2} at \d{4}-\d{2}-\d{2}T", status), status
     assert agent.stop() == 0
     assert agent.saw("STOPPING=1")
     assert PASSWORD not in agent.log()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import ssl
@@ -203,6 +204,23 @@ async def test_cancelled_delivery_leaves_nothing_open(silent_port: int) -> None:
         await asyncio.wait_for(deliver(smtp, MESSAGE, ["ops@example.com"]), 0.2)
 
 
+async def test_a_swallowed_cancellation_is_raised_again() -> None:
+    """A cancel that asyncio.wait_for (3.11) dropped because the reply came at the same time is
+    raised again, so a stopping sender does not carry on to the next command or wait forever."""
+
+    async def body() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)  # as wait_for does when its future is already done
+        mail._raise_if_cancelled()
+        raise AssertionError("carried on after a cancellation")
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(body())
+
+
 # -- authentication --
 
 
@@ -345,7 +363,7 @@ async def test_test_email_says_every_step(smtp_server: StartServer) -> None:
     assert await mail.test_email(server.config(), "ops@example.com", lines.append) is None
     steps = [line.split(":")[0] for line in lines]
     assert steps == [
-        "resolve", "connect", "ehlo", "starttls", "tls", "ehlo", "auth", "auth",
+        "resolve", "connect", "ehlo", "starttls", "tls", "ehlo", "auth", "auth", "size",
         "mail", "rcpt", "data",
     ]  # fmt: skip
     tls = next(line for line in lines if line.startswith("tls:"))
@@ -356,6 +374,68 @@ async def test_test_email_says_every_step(smtp_server: StartServer) -> None:
     [received] = server.messages
     parsed = email.message_from_bytes(received.content, policy=email.policy.default)
     assert parsed["To"] == "ops@example.com" and "test message" in parsed["Subject"]
+
+
+@pytest.mark.parametrize(
+    ("limit", "fits"),
+    [(32 * 1024 * 1024, True), (1024 * 1024, False)],
+)
+async def test_test_email_compares_size_with_the_biggest_report(
+    smtp_server: StartServer, limit: int, fits: bool
+) -> None:
+    """The doctor says the server's SIZE limit against the biggest report the config allows,
+    and warns (without failing) when such a report would be refused."""
+    server = smtp_server(data_size_limit=limit)
+    lines: list[str] = []
+    warnings: list[str] = []
+    largest = ("daily", 10 * 1024 * 1024)
+    failure = await mail.test_email(
+        server.config(), "ops@example.com", lines.append, largest_attachment=largest,
+        warn=warnings.append,
+    )  # fmt: skip
+    assert failure is None and len(server.messages) == 1
+    [size] = [line for line in lines if line.startswith("size:")]
+    assert f"up to {limit / 1024 / 1024:.1f} MiB" in size
+    assert "report daily" in size and "max_attachment_bytes 10.0 MiB" in size
+    assert "about 13.9 MiB" in size  # base64 and the text and HTML parts
+    if fits:
+        assert size.endswith(": it fits") and warnings == []
+    else:
+        assert size.endswith("WARNING too big")
+        [warning] = warnings
+        within = mail.attachment_within(limit)
+        assert f"max_attachment_bytes to {within // 1024}KiB or less" in warning
+        assert mail.report_size(within) <= limit < mail.report_size(within + 3)
+
+
+async def test_test_email_without_username_says_it_does_not_log_in(
+    smtp_server: StartServer,
+) -> None:
+    """With no username the doctor says so and names the mechanisms the server offers."""
+    server = smtp_server(tls="starttls", auth=("tailmail", PASSWORD))
+    lines: list[str] = []
+    smtp = server.config(username=None, password=None)
+    assert await mail.test_email(smtp, "ops@example.com", lines.append) is None
+    [auth] = [line for line in lines if line.startswith("auth:")]
+    assert auth.startswith("auth: no smtp.username, so no login (the server offers ")
+    assert "PLAIN" in auth and "LOGIN" in auth
+
+
+async def test_authentication_required_is_its_own_cause(smtp_server: StartServer) -> None:
+    """530 to MAIL (no login configured for a server that needs one) is retried and says so."""
+    server = smtp_server(tls="starttls", auth=("tailmail", PASSWORD), require_auth=True)
+    failure = await fail(server.config(username=None, password=None))
+    assert (failure.step, failure.cause, failure.code, failure.transient) == (
+        "mail", "auth_required", 530, True,
+    )  # fmt: skip
+    assert "set smtp.username and smtp.password" in failure.advice()
+
+
+async def test_test_email_refuses_a_recipient_with_a_line_break() -> None:
+    """A recipient with CR or LF never reaches a header or an SMTP command."""
+    smtp = SmtpConfig(host="127.0.0.1", from_addr="a@example.com", port=1, security="none")
+    with pytest.raises(ValueError, match="line break"):
+        await mail.test_email(smtp, "ops@example.com\r\nBcc: x@example.com", print)
 
 
 @pytest.mark.parametrize(
@@ -413,8 +493,8 @@ async def test_test_email_names_the_cause(
     [
         "dns", "refused", "unreachable", "timeout", "disconnected", "tls_untrusted",
         "tls_hostname", "tls_expired", "tls_other", "starttls_missing", "auth_rejected",
-        "auth_unavailable", "sender_rejected", "recipient_rejected", "temporary", "permanent",
-        "protocol",
+        "auth_unavailable", "auth_required", "sender_rejected", "recipient_rejected", "temporary",
+        "permanent", "protocol",
     ],
 )  # fmt: skip
 def test_every_cause_has_advice(cause: str) -> None:

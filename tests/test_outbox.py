@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import structlog
-from smtp_sink import Fault, SmtpServer, eventually  # fixtures: see conftest.py
+import trustme
+from smtp_sink import Fault, SmtpServer, eventually, expired_cert  # fixtures: see conftest.py
 
 from agent.config import SmtpConfig
 from agent.outbox import Outbox, OutboxEntry, Sender
@@ -180,16 +181,20 @@ def test_counts_and_unsent_files(tmp_path: Path) -> None:
 
 
 def test_history_problems_since_last_delivery(tmp_path: Path) -> None:
-    """problems_since_last_delivery returns only the report's failures after its last delivery."""
+    """problems_since_last_delivery returns the report's failures after its last delivery, the
+    latest one per message."""
     outbox = Outbox(tmp_path)
     outbox.record({"event": "deferred", "report": "daily", "id": "a"})
     outbox.record({"event": "delivered", "report": "daily", "id": "a"})
     outbox.record({"event": "failed", "report": "weekly", "id": "w"})
+    outbox.record({"event": "deferred", "report": "daily", "id": "c", "attempt": 1})
     outbox.record({"event": "failed", "report": "daily", "id": "b"})
+    outbox.record({"event": "deferred", "report": "daily", "id": "c", "attempt": 2})
     with (tmp_path / "_history.jsonl").open("ab") as f:
         f.write(b'{"event": "deferred", "rep')  # a crash in the middle of an append
-    assert [e["id"] for e in outbox.history()] == ["a", "a", "w", "b"]
-    assert [e["id"] for e in outbox.problems_since_last_delivery("daily")] == ["b"]
+    assert [e["id"] for e in outbox.history()] == ["a", "a", "w", "c", "b", "c"]
+    problems = outbox.problems_since_last_delivery("daily")
+    assert [(e["id"], e.get("attempt")) for e in problems] == [("b", None), ("c", 2)]
     last = outbox.last_delivered("daily")
     assert last is not None and last["id"] == "a" and last["at"].endswith("Z")
     assert outbox.last_delivered("weekly") is None
@@ -261,7 +266,12 @@ async def test_transient_failure_backs_off(smtp_server: StartServer, make: Any, 
         assert h.queued(id)["attempts"] == attempt
         assert h.queued(id)["next_attempt"] == h.clock.now + backoff
     assert [e["event"] for e in h.outbox.history()] == ["deferred"] * 3
-    assert [e["id"] for e in h.outbox.problems_since_last_delivery("daily")] == [id] * 3
+    [problem] = h.outbox.problems_since_last_delivery("daily")  # one message: one problem
+    assert (problem["id"], problem["attempt"]) == (id, 3)
+    assert problem["text"] == (
+        f"not yet delivered to ops@example.com after 3 attempts, retried until "
+        f"2027-01-20T08:00:00Z; last answer: data: {reply}"
+    )
 
     h.clock.now = h.queued(id)["next_attempt"]
     await h.sender.deliver_due()
@@ -312,6 +322,82 @@ async def test_permanent_failure_moves_to_failed(
     assert (event["event"], event["id"], event["error"]["code"]) == ("failed", id, code)
     assert h.outbox.unsent_files() == {"/log/e.jsonl"}  # retention keeps it
     assert not h.outbox.put(id, MESSAGE, meta())
+
+
+# Every failure class of issue 4 (items 2, 5 and 7) against a real server: where the message
+# ends, the event logged and its fields. server options, config overrides, step, cause, code.
+AUTH = ("tailmail", "secret-password")
+CLASSES: dict[str, tuple[dict[str, Any], dict[str, Any], str, str, int | None]] = {
+    "refused": ({}, {"port": "closed"}, "connect", "refused", None),
+    "timeout": ({}, {"port": "silent", "timeout": 0.3}, "connect", "timeout", None),
+    "starttls-missing": ({"auth": AUTH, "offer_auth_in_clear": True}, {"security": "starttls"}, "starttls", "starttls_missing", None),
+    "tls-untrusted": ({"tls": "starttls"}, {"ca_file": None}, "tls", "tls_untrusted", None),
+    "tls-hostname": ({"tls": "ssl", "cert_names": ("mail.example.test",)}, {}, "tls", "tls_hostname", None),
+    "tls-expired": ({"tls": "ssl", "cert": "expired"}, {}, "tls", "tls_expired", None),
+    "auth-rejected": ({"tls": "ssl", "auth": AUTH}, {"password": "wrong"}, "auth", "auth_rejected", 535),
+    "421-mail": ({"faults": [Fault("MAIL", "421 4.3.2 shutting down")]}, {}, "mail", "temporary", 421),
+    "451-mail": ({"faults": [Fault("MAIL", "451 4.3.0 try later")]}, {}, "mail", "temporary", 451),
+    "450-rcpt": ({"faults": [Fault("RCPT", "450 4.2.0 mailbox busy")]}, {}, "rcpt", "temporary", 450),
+    "452-rcpt": ({"faults": [Fault("RCPT", "452 4.5.3 too many recipients")]}, {}, "rcpt", "temporary", 452),
+    "552-rcpt": ({"faults": [Fault("RCPT", "552 5.5.3 too many recipients")]}, {}, "rcpt", "temporary", 552),
+    "421-data": ({"faults": [Fault("DATA", "421 4.3.2 closing")]}, {}, "data", "temporary", 421),
+    "451-data": ({"faults": [Fault("DATA", "451 4.3.0 local error")]}, {}, "data", "temporary", 451),
+    "550-mail": ({"faults": [Fault("MAIL", "550 5.7.1 not your address")]}, {}, "mail", "sender_rejected", 550),
+    "553-mail": ({"faults": [Fault("MAIL", "553 5.7.1 sender not allowed")]}, {}, "mail", "sender_rejected", 553),
+    "550-rcpt": ({"faults": [Fault("RCPT", "550 5.1.1 no such user")]}, {}, "rcpt", "recipient_rejected", 550),
+    "554-rcpt": ({"faults": [Fault("RCPT", "554 5.7.1 relay denied")]}, {}, "rcpt", "recipient_rejected", 554),
+    "552-data": ({"faults": [Fault("DATA", "552 5.3.4 message too big")]}, {}, "data", "permanent", 552),
+    "554-data": ({"faults": [Fault("DATA", "554 5.6.0 content rejected")]}, {}, "data", "permanent", 554),
+}  # fmt: skip
+SESSION_STEPS = {"connect", "tls", "starttls", "auth"}
+
+
+@pytest.mark.parametrize("case", list(CLASSES))
+async def test_every_failure_class_ends_where_rfc5321_says(
+    smtp_server: StartServer,
+    make: Any,
+    ca: trustme.CA,
+    closed_port: int,
+    silent_port: int,
+    case: str,
+) -> None:
+    """Connection failures, timeouts, TLS and login failures, 4xx and 552 to RCPT are deferred;
+    550/553/554 and 552 to DATA move the message to failed/ at once; each logs its event with
+    host, port, attempt, code, text, report and period."""
+    options, overrides, step, cause, code = CLASSES[case]
+    if options.get("cert") == "expired":
+        options = {**options, "cert": expired_cert(ca)}
+    ports = {"closed": closed_port, "silent": silent_port}
+    overrides = {k: ports.get(v, v) if k == "port" else v for k, v in overrides.items()}
+    server = smtp_server(**options)
+    smtp = server.config(**overrides)
+    h: Harness = make(smtp)
+    id = h.put()
+    with structlog.testing.capture_logs() as logs:
+        await h.sender.deliver_due()
+    transient = cause not in {"sender_rejected", "recipient_rejected", "permanent"}
+    if transient:
+        queued = h.queued(id)
+        assert queued["last_error"]["step"] == step and queued["last_error"]["cause"] == cause
+        assert queued["next_attempt"] == T0 + smtp.retry_initial and h.outbox.failed() == []
+        event = "smtp.connection_failed" if step in SESSION_STEPS else "smtp.delivery_failed"
+    else:
+        [failed] = h.outbox.failed()
+        assert failed.id == id and failed.path.read_bytes() == MESSAGE
+        assert h.outbox.entries() == []
+        event = "smtp.final_delivery_failed"
+    [logged] = [e for e in logs if e["event"].startswith("smtp.")]
+    assert logged["event"] == event
+    assert (logged["step"], logged["cause"], logged["code"]) == (step, cause, code)
+    assert (logged["host"], logged["port"], logged["attempt"]) == ("127.0.0.1", smtp.port, 1)
+    assert (logged["report"], logged["period"], logged["id"]) == ("daily", "2027-01-14", id)
+    assert logged["text"] and "secret-password" not in str(logs)
+    if "faults" in options:
+        assert logged["text"] == options["faults"][0].reply[4:]  # the server's own words
+    if case in ("starttls-missing", "tls-untrusted", "tls-hostname", "tls-expired"):
+        # Nothing but the greeting and EHLO went over a connection that is not trusted.
+        assert not any(c.startswith(("AUTH", "MAIL", "RCPT", "DATA")) for c in server.commands)
+        assert server.auth_attempts == [] and server.messages == []
 
 
 async def test_552_is_transient_at_rcpt_and_permanent_at_data(
@@ -372,6 +458,10 @@ async def test_one_recipient_rejected_others_delivered(smtp_server: StartServer,
     assert h.outbox.unsent_files() == {"/log/f.jsonl"}  # kept for the one who did not get it
     [problem] = h.outbox.problems_since_last_delivery("daily")
     assert problem["recipients"] == ["typo@x.org"] and problem["id"] == id
+    assert problem["text"] == (
+        "not delivered to typo@x.org: refused for good: 550 5.1.1 no such user; "
+        "kept in the outbox's failed folder"
+    )
 
 
 async def test_retry_for_expiry_moves_to_failed(make: Any, closed_port: int) -> None:
@@ -392,6 +482,10 @@ async def test_retry_for_expiry_moves_to_failed(make: Any, closed_port: int) -> 
     assert failed.meta["expired"] is True and failed.meta["last_error"]["cause"] == "refused"
     assert [e["event"] for e in logs] == ["smtp.final_delivery_failed"]
     assert h.outbox.history()[-1]["event"] == "failed"
+    assert h.outbox.history()[-1]["text"] == (
+        "not delivered to ops@example.com: retry_for ran out after 4 attempts; last answer: "
+        "connect: connection refused; kept in the outbox's failed folder"
+    )
 
 
 async def test_max_per_hour_holds_back_without_dropping(
