@@ -372,6 +372,12 @@ def print_status(config: Config, out: TextIO) -> None:
             f"of {rs.stats.read} read, {rs.stats.skipped_total} skipped; last report sent: {sent}",
             file=out,
         )
+    counters = outbox.counters()
+    print(
+        "deliveries (recent history): "
+        + ", ".join(f"{name.removeprefix('smtp.')} {n}" for name, n in counters.items()),
+        file=out,
+    )
     counts = outbox.counts(time.time())
     print(
         f"outbox: {counts.get('queued', 0)} queued, {counts.get('deferred', 0)} deferred, {counts.get('failed', 0)} failed",

@@ -138,6 +138,29 @@ class Outbox:
                     events.append(event)
         return events
 
+    def counters(self) -> dict[str, int]:
+        """How many of each delivery event the history holds, by their log event names."""
+        names = {"delivered": "smtp.delivered", "failed": "smtp.final_delivery_failed"}
+        counts = dict.fromkeys(
+            [
+                "smtp.delivered",
+                "smtp.connection_failed",
+                "smtp.delivery_failed",
+                "smtp.final_delivery_failed",
+            ],
+            0,
+        )
+        for event in self.history():
+            kind = event.get("event")
+            name = (
+                event.get("log", "smtp.delivery_failed")
+                if kind == "deferred"
+                else names.get(str(kind))
+            )
+            if name in counts:
+                counts[name] += 1
+        return counts
+
     def last_delivered(self, report: str) -> dict[str, Any] | None:
         delivered = [
             e for e in self.history() if e.get("event") == "delivered" and e.get("report") == report
@@ -480,8 +503,9 @@ class Sender:
         entry.meta["next_attempt"] = min(now + delay, deadline)
         error = entry.meta.get("last_error") or {}
         session = error.get("step") not in ("mail", "rcpt", "data", "queue")
+        kind = "smtp.connection_failed" if transport and session else "smtp.delivery_failed"
         log.warning(
-            "smtp.connection_failed" if transport and session else "smtp.delivery_failed",
+            kind,
             **self._fields(entry, attempt),
             step=error.get("step"),
             cause=error.get("cause"),
@@ -496,7 +520,9 @@ class Sender:
             f"not yet delivered to {', '.join(still)} after {tries}, retried until "
             f"{_iso(deadline)}; last answer: {_answer(error)}"
         )
-        self.outbox.record(self._event("deferred", entry, attempt, still, error, text))
+        event = self._event("deferred", entry, attempt, still, error, text)
+        event["log"] = kind  # which counter it adds to (see Outbox.counters)
+        self.outbox.record(event)
 
     def _complete(self, entry: OutboxEntry, attempt: int, now: float) -> None:
         """No recipient is pending: delivered (to some or all), or failed."""

@@ -179,6 +179,7 @@ def test_selected_lines_arrive_as_the_attachment(
     )
     status = tailmail("status", "-c", str(config)).stdout
     assert re.search(r"last report sent: \d{4}-\d{2}-\d{2} at \d{4}-\d{2}-\d{2}T", status), status
+    assert "deliveries (recent history): delivered 1, connection_failed 0" in status, status
     assert agent.stop() == 0
     assert agent.saw("STOPPING=1")
     assert PASSWORD not in agent.log()

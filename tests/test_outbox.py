@@ -578,3 +578,32 @@ async def test_outbox_write_failure_does_not_stop_the_sender(
     assert [e.id for e in h.outbox.entries()] == [id]
     await h.sender.deliver_due()
     assert [e.id for e in h.delivered] == [id]
+
+
+async def test_counters_count_each_delivery_event_kind(
+    tmp_path: Path, smtp_server: Any, closed_port: int
+) -> None:
+    """Connection failures, delivery failures, final failures and deliveries are counted by kind."""
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.put(
+        "r-1",
+        b"Subject: x\r\n\r\nbody\r\n",
+        {"report": "daily", "period": "2026-11-21", "recipients": ["a@example.com"]},
+    )
+    down = SmtpConfig(
+        host="127.0.0.1", from_addr="t@example.com", port=closed_port, security="none", timeout=5
+    )
+    sender = Sender(outbox, down, lambda entry: None)
+    await sender.attempt(outbox.entries()[0])
+    server = smtp_server(faults=[Fault("RCPT", "550 5.1.1 no such user")])
+    outbox.put(
+        "r-2",
+        b"Subject: y\r\n\r\nbody\r\n",
+        {"report": "daily", "period": "2026-11-21", "recipients": ["b@example.com"]},
+    )
+    sender = Sender(outbox, server.config(), lambda entry: None)
+    await sender.attempt(next(e for e in outbox.entries() if e.id == "r-2"))
+    counters = outbox.counters()
+    assert counters["smtp.connection_failed"] == 1
+    assert counters["smtp.final_delivery_failed"] == 1
+    assert counters["smtp.delivered"] == 0
