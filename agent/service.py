@@ -38,6 +38,7 @@ RULES_SETTLE_SECONDS = 0.2  # editors write a file in several steps: reload once
 MAX_TIMER_SECONDS = 60.0  # re-read the wall clock at least this often (suspend, clock steps)
 BACKOFF_MAX = 60.0
 RETRY_ROTATION_SECONDS = 10.0
+STATUS_SECONDS = 5.0
 
 
 class Service:
@@ -52,6 +53,7 @@ class Service:
         self.rules_changed = asyncio.Event()
         self._rescan = False
         self.watcher: Watcher | None = None
+        self._status_at = -STATUS_SECONDS
         self._heartbeat = time.monotonic()
         self.rulebook = RuleBook(
             config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
@@ -123,7 +125,7 @@ class Service:
             if progressed:
                 await asyncio.sleep(0)  # let the other tasks in between big batches
             else:
-                self.notifier.status(self._status())
+                self._idle_status()
                 await self.data.wait()
 
     async def _recover_writes(self, exc: OSError) -> None:
@@ -249,6 +251,15 @@ class Service:
         if request.get("cmd") == "ping":
             return {"ok": True, "pid": os.getpid()}
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+
+    def _idle_status(self) -> None:
+        """STATUS when the tail loop goes idle, which under a steady writer is many times a
+        second: building it stats every file and reads the outbox, so do it only for a listener,
+        and at most every STATUS_SECONDS."""
+        now = time.monotonic()
+        if self.notifier.enabled and now - self._status_at >= STATUS_SECONDS:
+            self._status_at = now
+            self.notifier.status(self._status())
 
     def _status(self) -> str:
         behind = self.pipeline.behind()
