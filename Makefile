@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak lint fmt clean
+.PHONY: run test soak bench lint fmt clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/tailmail demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent tests
-	$(BIN)/ruff format --check agent tests
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff format --check agent tests bench
 	$(BIN)/mypy
 
 test: lint
@@ -27,9 +27,14 @@ test: lint
 soak: $(STAMP)
 	$(BIN)/python tests/soak.py
 
+# tailmail against rsyslog, syslog-ng and a bare Python loop (see bench/run.py and README,
+# "Performance"); BENCH_ARGS=--quick for a short run
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 fmt: $(STAMP)
-	$(BIN)/ruff format agent tests
-	$(BIN)/ruff check --fix agent tests
+	$(BIN)/ruff format agent tests bench
+	$(BIN)/ruff check --fix agent tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

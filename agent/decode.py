@@ -47,10 +47,12 @@ class Positions:
     def at(self, index: int) -> int:
         """Offset of lines[index]; indexes must not decrease between calls."""
         lines, long = self._chunk.lines, self._chunk.long
-        while self._index < index:
-            i = self._index
-            self._pos += (long[i] if i in long else len(lines[i])) + 1
-            self._index += 1
+        i = self._index
+        if i < index:
+            # Summed in C; the lines dropped as too long hold b"" and add their true length.
+            self._pos += sum(map(len, lines[i:index])) + (index - i)
+            self._pos += sum(n for k, n in long.items() if i <= k < index)
+            self._index = index
         return self._pos
 
 
@@ -82,9 +84,9 @@ class LineSplitter:
             self.offset += nl + 1
             data = data[nl + 1 :]
             chunk.start = chunk.end = self.offset
-        buf = self.carry + data if self.carry else data
-        last = buf.rfind(b"\n")
+        last = data.rfind(b"\n")
         if last < 0:
+            buf = self.carry + data
             if len(buf) > self.max_line:
                 # Drop what we hold rather than grow without bound; the line is counted once.
                 chunk.too_long.append(self.offset)
@@ -95,30 +97,34 @@ class LineSplitter:
             else:
                 self.carry = buf
             return chunk
-        lines = buf[:last].split(b"\n")
-        if last > self.max_line:
-            # Only a batch longer than the limit can hold an over-long line: check just then.
-            lines = self._drop_long(lines, chunk)
-        self.carry = buf[last + 1 :]
-        if len(self.carry) > self.max_line:
+        # Split the read itself and join the carried part to its first line only: gluing the
+        # carry to the whole read would copy every byte once more.
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        consumed = len(self.carry) + last + 1
+        if self.carry:
+            lines[0] = self.carry + lines[0]
+        if consumed > self.max_line and max(map(len, lines)) > self.max_line:
+            self._drop_long(lines, chunk)
+        self.carry = tail
+        if len(tail) > self.max_line:
             self.skipping = True
         chunk.lines = lines
-        self.offset += last + 1
+        self.offset += consumed
         chunk.end = self.offset
         if self.skipping:
             chunk.too_long.append(self.offset)
-            self.offset += len(self.carry)
+            self.offset += len(tail)
             self.carry = b""
             chunk.end = self.offset
         return chunk
 
-    def _drop_long(self, lines: list[bytes], chunk: Chunk) -> list[bytes]:
+    def _drop_long(self, lines: list[bytes], chunk: Chunk) -> None:
         for i, line in enumerate(lines):
             if len(line) > self.max_line:
                 # Replaced by an empty line so indexes stay; `long` keeps its true length.
                 chunk.long[i] = len(line)
                 lines[i] = b""
-        return lines
 
 
 def classify(line: bytes) -> tuple[str, Any]:

@@ -445,9 +445,24 @@ def _all_values(tests: list[ValueTest]) -> ValueTest:
     return every
 
 
-def _getter(segments: list[str]) -> Callable[[Event], Any]:
-    """Walk a path of two or more segments; a digit segment also indexes a list."""
+def field_getter(path: str) -> Callable[[Event], Any]:
+    """The value at a dotted path, or _MISSING; a digit segment also indexes a list."""
+    segments = path.split(".")
     first = segments[0]
+    if len(segments) == 1:
+
+        def get_one(ev: Event) -> Any:
+            return ev.get(first, _MISSING)
+
+        return get_one
+    if len(segments) == 2 and not (segments[1].isascii() and segments[1].isdigit()):
+        second = segments[1]
+
+        def get_two(ev: Event) -> Any:  # `user.name`: the most common path, unrolled
+            value = ev.get(first, _MISSING)
+            return value.get(second, _MISSING) if type(value) is dict else _MISSING
+
+        return get_two
     steps = tuple((s, int(s) if s.isascii() and s.isdigit() else -1) for s in segments[1:])
 
     def get(ev: Event) -> Any:
@@ -502,7 +517,7 @@ def _field_predicate(path: str, tests: list[_Test]) -> Predicate:
             return v is not _MISSING and test(v)
 
         return test_present
-    get = _getter(segments)
+    get = field_getter(path)
     if on_missing:
 
         def path_or_missing(ev: Event) -> bool:

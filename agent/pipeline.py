@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from agent.config import Config, ReportConfig
 from agent.decode import TOO_LONG, Chunk, Positions, classify, event_time, sample
 from agent.outbox import Outbox
 from agent.periods import Period, period_from, period_of, system_timezone
-from agent.report import ReportInput, build_report
+from agent.routes import Route, Router
 from agent.rules import Rule, RuleBook
 from agent.sources import Retired, SourceTailer, Tailed
 from agent.state import (
@@ -43,11 +43,6 @@ log = structlog.get_logger("tailmail.pipeline")
 
 PUMP_BYTES = 8 << 20  # per pump: bounded so rotation, delivery and signals are never kept waiting
 LOG_BAD_LINES = 10  # bad lines logged one by one per pump; beyond that, one summary line
-
-# One compiled route: rule index, match, when, the indexes of the reports it feeds.
-Route = tuple[
-    int, Callable[[dict[str, Any]], bool], Callable[[datetime], bool] | None, tuple[int, ...]
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +105,7 @@ class Pipeline:
             for src in config.sources
         ]
         self.stores: dict[str, ReportStore] = {}
-        self._routes: dict[str, list[Route]] = {}
+        self._routers: dict[str, Router] = {}
         self._rules: tuple[Rule, ...] = ()
         self._rules_version = -1
         self._source_trouble: dict[str, str] = {}
@@ -199,9 +194,10 @@ class Pipeline:
         self._rules_version = self.rulebook.version
         self._rules = self.rulebook.rules
         names = [r.name for r in self.config.reports]
-        self._routes = {}
+        self._routers = {}
         for src in self.config.sources:
             routes: list[Route] = []
+            keys = []
             for i, rule in enumerate(self._rules):
                 if rule.sources is not None and src.name not in rule.sources:
                     continue
@@ -210,12 +206,16 @@ class Pipeline:
                 )
                 if reps:
                     routes.append((i, rule.match, rule.when, reps))
-            self._routes[src.name] = routes
+                    keys.append(rule.key)
+            self._routers[src.name] = Router(routes, keys)
 
     def _process(self, tailer: SourceTailer, tailed: Tailed, chunk: Chunk) -> None:
         """The hot path: every line of the chunk through the rules, selected lines to stores."""
         reports = self.config.reports
-        routes = self._routes.get(tailer.config.name, [])
+        router = self._routers[tailer.config.name]
+        candidates = router.candidates
+        simple = router.simple is not None
+        key, table = router.simple if router.simple is not None else ("", {})
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         selected: list[list[bytes]] = [[] for _ in reports]
@@ -223,8 +223,7 @@ class Pipeline:
         times: list[list[datetime]] = [[] for _ in reports]
         time_field = tailer.config.time_field
         bad: list[tuple[int, bytes]] = []
-        lines = chunk.lines
-        for index, line in enumerate(lines):
+        for index, line in enumerate(chunk.lines):
             try:
                 event = loads(line)
             except decode_error:
@@ -233,9 +232,17 @@ class Pipeline:
             if type(event) is not dict:
                 bad.append((index, line))
                 continue
-            hit: set[int] | None = None
+            found: Sequence[Route] | None
+            if simple:
+                value = event.get(key)
+                found = table.get(value) if type(value) is str else None
+            else:
+                found = candidates(event)
+            if not found:
+                continue
+            hit: set[int] | tuple[int, ...] = ()
             when_time: datetime | None = None
-            for rule_index, match, when, reps in routes:
+            for rule_index, match, when, reps in found:
                 if match(event):
                     if when is not None:
                         if when_time is None:
@@ -243,10 +250,10 @@ class Pipeline:
                         if not when(when_time):
                             continue
                     rule_hits[rule_index] += 1
-                    if hit is None:
-                        hit = set(reps)
-                    else:
-                        hit.update(reps)
+                    if not hit:
+                        hit = reps
+                    elif hit != reps:
+                        hit = set(hit).union(reps)
             if hit:
                 t = when_time if when_time is not None else self._event_time(event, time_field)
                 for j in hit:
@@ -326,10 +333,15 @@ class Pipeline:
             self.stores[report.name].add(lines)
             stats.selected += len(lines)
             tz = report.timezone
-            per_hour = stats.per_hour
+            hours: dict[tuple[int, int, int, int], int] = {}
             for t in times[j]:
-                key = t.astimezone(tz).strftime("%Y-%m-%dT%H")
-                per_hour[key] = per_hour.get(key, 0) + 1
+                local = t.astimezone(tz)
+                hour = (local.year, local.month, local.day, local.hour)
+                hours[hour] = hours.get(hour, 0) + 1
+            per_hour = stats.per_hour
+            for (y, m, d, h), n in hours.items():  # formatted once per hour, not per event
+                key = f"{y:04d}-{m:02d}-{d:02d}T{h:02d}"
+                per_hour[key] = per_hour.get(key, 0) + n
             for rule_index, hits in enumerate(rule_hits):
                 if hits:
                     rule = self._rules[rule_index]
@@ -478,6 +490,9 @@ class Pipeline:
             f"{p.get('period', '?')}: {p.get('text') or p.get('error') or p.get('event', 'failed')}"
             for p in self.outbox.problems_since_last_delivery(report.name)
         )
+        # Imported here: jinja2 and the templates are needed once a day, not at every start.
+        from agent.report import ReportInput, build_report
+
         message = build_report(
             ReportInput(
                 report=report,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.match import Compiler, Predicate, TimeTest, compile_when, describe, suggest
+from agent.routes import Key, rule_key
 from agent.yamlfile import Map, Problem, Seq, load_yaml, parse_yaml
 
 
@@ -39,6 +40,7 @@ class Rule:
     match: Predicate  # compiled once; called per event
     when: TimeTest | None  # takes the event time, aware (a naive one is taken as UTC)
     fields: tuple[str, ...]  # field paths the condition reads, first-use order
+    key: Key | None = None  # the strings one of which it requires (see agent.routes), if any
 
 
 RULE_KEYS: Final = ("name", "description", "enabled", "sources", "reports", "match", "when")
@@ -150,6 +152,7 @@ def _rule(
         match=match,
         when=when,
         fields=tuple(c.fields),
+        key=rule_key(m["match"]),
     )
     return rule, name_line
 
