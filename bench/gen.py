@@ -38,7 +38,32 @@ USERS = ["alice", "bob", "chloé", "dmitri", "eve", "françois", "gülşen", "hi
 GROUPS = ["staff", "admins", "partners", "backup", "finance", "外部"]
 PATHS = ["/home/{u}/inbox/", "/srv/share/reports/", "/data/backup/", "/api/v2/items/"]
 FILES = ["a.txt", 'Q3 "final".xlsx', "naïve.pdf"]  # quotes become \\" in the JSON
-WORDS = ["transfer", "completed", "with", "checksum", "verified", "client", "requested", "resume", "from", "offset", "quota", "near", "limit", "for", "user", "password", "attempt", "rejected", "by", "policy", "Zürich", "München", "naïve", "café"]
+WORDS = [
+    "transfer",
+    "completed",
+    "with",
+    "checksum",
+    "verified",
+    "client",
+    "requested",
+    "resume",
+    "from",
+    "offset",
+    "quota",
+    "near",
+    "limit",
+    "for",
+    "user",
+    "password",
+    "attempt",
+    "rejected",
+    "by",
+    "policy",
+    "Zürich",
+    "München",
+    "naïve",
+    "café",
+]
 
 
 def _event(rng: random.Random, i: int) -> dict[str, object]:
