@@ -104,7 +104,7 @@ class LineSplitter:
         consumed = len(self.carry) + last + 1
         if self.carry:
             lines[0] = self.carry + lines[0]
-        if consumed > self.max_line and max(map(len, lines)) > self.max_line:
+        if consumed > self.max_line and self._any_long(lines, len(data)):
             self._drop_long(lines, chunk)
         self.carry = tail
         if len(tail) > self.max_line:
@@ -118,6 +118,11 @@ class LineSplitter:
             self.carry = b""
             chunk.end = self.offset
         return chunk
+
+    def _any_long(self, lines: list[bytes], read: int) -> bool:
+        if read <= self.max_line:
+            return len(lines[0]) > self.max_line  # the others lie within the read
+        return max(map(len, lines)) > self.max_line
 
     def _drop_long(self, lines: list[bytes], chunk: Chunk) -> None:
         for i, line in enumerate(lines):

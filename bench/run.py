@@ -617,6 +617,9 @@ def main() -> int:
             "date": datetime.now().isoformat(timespec="seconds"),
         }
     )
+    # Byte-compiled once, as an installed package is: otherwise every start of tailmail would
+    # compile its modules again where PYTHONDONTWRITEBYTECODE is set.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "agent")], check=True)
     _say(f"generating {args.lines:,} lines (cached in {DATA})")
     source, expected = gen.ensure(DATA, args.lines)
     if "catch-up" in only:
