@@ -139,6 +139,7 @@ class Pipeline:
         for tailer in self.tailers:
             tailer.scan()
         self._note_source_trouble()
+        self._note_renames()
         self.checkpoint.started_before = True
         self.commit()
 
@@ -158,6 +159,7 @@ class Pipeline:
         for tailer in self.tailers:
             tailer.scan()
         self._note_source_trouble()
+        self._note_renames()
 
     def pump(self, budget: int = PUMP_BYTES) -> bool:
         """Read up to `budget` bytes across all files, store the selection, commit. True if any."""
@@ -341,6 +343,16 @@ class Pipeline:
                 rs.stats.lost_bytes += loss["bytes"]
                 rs.stats.add_problem({"kind": kind, "text": text, "path": loss["path"]})
         tailer.losses.clear()
+
+    def _note_renames(self) -> None:
+        """A file renamed since it was read (rename-and-create rotation): the receipts say so.
+
+        Per scan, not per line: a scan is what finds a file under its new name.
+        """
+        for tailer in self.tailers:
+            for tailed in tailer.files.values():
+                for rs in self.checkpoint.reports.values():
+                    rs.stats.note_name(tailed.key, tailed.state.path)
 
     def _note_source_trouble(self) -> None:
         """Record a source going missing or unreadable in each report's problems, once."""

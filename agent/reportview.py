@@ -197,10 +197,7 @@ def build_view(
     deliveries = [clean(p, 200) for p in inp.delivery_problems]
     notices = [clean(p, 300) for p in dict.fromkeys(inp.notices)]
     hidden = sum(max(0, len(x) - MAX_LISTED) for x in (sources, deliveries, notices))
-    files = sorted(
-        stats.files.items(),
-        key=lambda kv: (str(kv[1].get("source")), str(kv[1].get("path")), kv[0]),
-    )
+    files = list(stats.files.items())  # in the order they were first read
     colour, ink = _COLOURS[status]
     start, end = inp.period.start.astimezone(tz), inp.period.end.astimezone(tz)
     rules, rules_more = _rule_bars(inp)

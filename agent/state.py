@@ -122,10 +122,11 @@ class PeriodStats:
                 "skipped": 0,
             }  # fmt: skip
         else:
-            # Receipts written by an older version lack some keys: rebuilt from what they have.
-            ranges = receipt.setdefault(
-                "ranges", [[receipt.get("first_offset", start), receipt.get("last_offset", start)]]
-            )
+            if "ranges" not in receipt:  # written by an older version: rebuilt from what it has
+                first, last = receipt.get("first_offset", start), receipt.get("last_offset", start)
+                receipt["ranges"] = [[first, last]]
+                receipt.setdefault("bytes", last - first)
+            ranges = receipt["ranges"]
             if start == ranges[-1][1]:
                 ranges[-1][1] = end
             else:
@@ -135,12 +136,7 @@ class PeriodStats:
                     receipt["ranges_dropped"] = receipt.get("ranges_dropped", 0) + 1
                     del ranges[-1]
                 ranges.append([start, end])
-            names = receipt.setdefault("names", [receipt.get("path", state.path)])
-            if names[-1] != state.path:  # renamed: rename-and-create rotation
-                receipt["renames"] = receipt.get("renames", 0) + 1
-                names[MAX_NAMES - 1 :] = []
-                names.append(state.path)
-            receipt["path"] = state.path
+            self.note_name(key, state.path)
             receipt["last_offset"] = end
         receipt["fingerprint"] = state.fingerprint[:16]
         receipt["fp_len"] = state.fp_len
@@ -148,6 +144,18 @@ class PeriodStats:
         receipt["lines"] = receipt.get("lines", 0) + lines
         if skipped:
             receipt["skipped"] = receipt.get("skipped", 0) + skipped
+
+    def note_name(self, key: str, path: str) -> None:
+        """A file read in the period is now called `path`: renamed (rename-and-create rotation)."""
+        receipt = self.files.get(key)
+        if receipt is None:
+            return
+        names = receipt.setdefault("names", [receipt.get("path", path)])
+        if names[-1] != path:
+            receipt["renames"] = receipt.get("renames", 0) + 1
+            names[MAX_NAMES - 1 :] = []
+            names.append(path)
+        receipt["path"] = path
 
     def to_dict(self) -> dict[str, Any]:
         return {
