@@ -33,6 +33,7 @@ MAX_REASONS = 15  # skip reasons listed
 MAX_EXAMPLES = 3  # first examples shown per skip reason
 MAX_ALL_EXAMPLES = 15  # and in all
 MAX_LISTED = 10  # source problems, delivery problems, notices, files
+MAX_RERUN = 20  # rules run again on the stored events to find those no rule selects now
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +61,18 @@ _COLOURS: dict[str, tuple[str, str]] = {  # status -> (background, text)
 
 
 def profiled(inp: ReportInput, caps: Caps) -> tuple[RuleProfile, ...]:
-    """Every rule, to tell which stored events no rule selects now; fields counted only for the
-    busiest `caps.rules` rules."""
+    """The rules to run again on the stored events: the busiest `caps.rules` with their fields,
+    and the others too (without fields) while there are few, to count the events no rule in
+    force selects now. Running every rule on every stored line would make a report of a
+    thousand rules slow to build."""
     counts = inp.stats.per_rule
-    busiest = sorted(
-        (p for p in inp.rules if counts.get(p.name, 0) > 0),
-        key=lambda p: (-counts.get(p.name, 0), p.name),
-    )[: caps.rules]
-    chosen = {p.name for p in busiest}
+    ranked = sorted(inp.rules, key=lambda p: (-counts.get(p.name, 0), p.name))
+    chosen = {p.name for p in ranked[: caps.rules] if counts.get(p.name, 0) > 0}
+    every = len(ranked) <= MAX_RERUN
     return tuple(
         replace(p, fields=p.fields[: caps.fields] if p.name in chosen else ())
-        for p in sorted(inp.rules, key=lambda p: (-counts.get(p.name, 0), p.name))
+        for p in ranked
+        if every or p.name in chosen
     )
 
 
@@ -295,7 +297,7 @@ def _top(
         tops.append(_RuleTop(clean(name, SHOW_CHARS), figure(counted.events), fields, hidden))
     top_more = more(busier - len(tops), "rules not shown")
     unmatched = ""
-    if summary.unmatched and inp.rules:
+    if summary.unmatched and inp.rules and len(inp.rules) <= MAX_RERUN:
         unmatched = (
             f"{figure(summary.unmatched)} stored events are selected by no rule in force now "
             "(the rules changed during the period)."
