@@ -62,9 +62,8 @@ def preview_current(config: Config, report: ReportConfig, rulebook: RuleBook) ->
                 f"report {report.name} has no current period in {config.state_dir}: the service "
                 "has not run with it yet. Try --sample FILE to preview it from a file of events"
             )
-        stats = PeriodStats.from_dict(rs.stats.to_dict())
-        size = max(0, rs.store_size)
-        rendered = _current(config, report, rulebook, stats, size)
+        size = max(0, rs.store_size)  # -1: not reconciled yet (nothing committed)
+        rendered = _current(config, report, rulebook, rs.stats, size)
         if rendered is not None:
             return rendered
         time.sleep(0.05)  # the service rotated the store meanwhile: read its new state
@@ -141,6 +140,8 @@ def preview_sample(
     try:
         with sample.open("rb") as fh:
             middle = _middle_time(fh, source.time_field)
+            size = fh.seek(0, os.SEEK_END)
+            unfinished = size > 0 and os.pread(fh.fileno(), 1, size - 1) != b"\n"
     except OSError as exc:
         raise BadSample(f"--sample {sample}: cannot read it: {exc.strerror or exc}") from None
     if not sample.is_file():
@@ -186,6 +187,12 @@ def preview_sample(
                     f"Built from the sample file {sample} as events of source {source.name}, "
                     f"with the rules of {config.rules_dir}; nothing was rotated or sent, and "
                     "the service's state was not read."
+                    + (
+                        " Its last line has no newline: it is not counted (the agent waits "
+                        "for a line's newline)."
+                        if unfinished
+                        else ""
+                    )
                 ),
             )
         )

@@ -187,6 +187,8 @@ def build_report(inp: ReportInput) -> bytes:
 
 
 def render_report(inp: ReportInput) -> Rendered:
+    """The report: one pass over the store file, then both parts, the HTML as detailed as fits
+    HTML_BUDGET, and the message around them."""
     profiles = profiled(inp, LEVELS[0])
     summary: FileSummary | None = None
     file_problem: str | None = None

@@ -225,7 +225,7 @@ def build_view(
         rules_more=rules_more,
         hours=shown_hours,
         columns=columns,
-        hours_peak=f"busiest hour {peak.label}: {peak.count}" if peak is not None else "",
+        hours_peak=f"busiest hour {peak.label}: {peak.count}" if peak and _int(peak.count) else "",
         hours_before=figure(before) if before else "",
         hours_after=figure(after) if after else "",
         hours_repeat=next(

@@ -161,6 +161,12 @@ def test_preview_of_a_sample_file_needs_no_state(tmp_path: Path) -> None:
     assert re.search(r"^2026-11-19 09:00 UTC\s+1\s+#+$", text, re.M)
     flat = " ".join(text.split())
     assert f"app: {sample}" in flat and f"bytes 0 to {sample.stat().st_size:,}" in flat
+    assert "no newline" not in flat
+    with sample.open("ab") as fh:
+        fh.write(b'{"level": "error", "event": "half written"}')
+    text = tailmail("report", "preview", "-c", str(config), "--sample", str(sample)).stdout
+    assert re.search(r"^Events selected\s+3$", text, re.M)
+    assert "Its last line has no newline: it is not counted" in " ".join(text.split())
 
 
 def test_preview_errors_are_clear_with_exit_codes(tmp_path: Path) -> None:
