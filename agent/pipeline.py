@@ -421,9 +421,8 @@ class Pipeline:
         # is not reported twice: the new period is the one that contains now.
         next_start = max(end, period_of(self.now(), report.rotate_at, report.timezone).start)
         rs.stats = PeriodStats(start=_iso(next_start))
-        for (
-            text
-        ) in self._source_trouble.values():  # still missing: a problem of the next period too
+        # A source still missing or unreadable is a problem of the next period too.
+        for text in self._source_trouble.values():
             rs.stats.add_problem({"kind": "source", "text": text})
         rs.store_size = 0
         save_checkpoint(self.config.state_dir, self.checkpoint)  # the intent is durable
