@@ -12,7 +12,9 @@ Run as a script, it renders the sample screenshot of the README (see `make repor
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -157,9 +159,11 @@ def generate_day(
     seed: int = 2026,
     broken: int = 0,
     hostname: str = "files-01.example.com",
+    rotation: str = "rename",
     **report: Any,
 ) -> GeneratedDay:
-    """Write DAY's log (rotated at noon), run the pipeline over it, rotate, return the email."""
+    """Write DAY's log (rotated at noon by `rename` and create, or by `copytruncate`), run the
+    pipeline over it, rotate the report, return the email."""
     config = config_for(tmp_path, **report)
     events = events_of_day(count, seed)
     lines = [orjson.dumps(e) for e in events]
@@ -181,8 +185,13 @@ def generate_day(
         log.write_bytes(b"".join(line + b"\n" for line in lines[:noon]))
         pipeline.open()
         _drain(pipeline)
-        log.rename(log.with_name("events.json.1"))  # logrotate's create method
-        log.write_bytes(b"".join(line + b"\n" for line in lines[noon:]))
+        if rotation == "rename":  # logrotate's create method
+            log.rename(log.with_name("events.json.1"))
+        else:  # logrotate's copytruncate
+            shutil.copyfile(log, log.with_name("events.json.1"))
+            os.truncate(log, 0)
+        with log.open("ab") as fh:
+            fh.write(b"".join(line + b"\n" for line in lines[noon:]))
         clock.now = DAY.replace(hour=12, minute=0, second=5)
         _drain(pipeline)
         clock.now = DAY + timedelta(days=1, seconds=2)

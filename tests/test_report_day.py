@@ -320,3 +320,30 @@ def test_without_chromium_the_rendering_test_skips_but_fails_under_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
         render.require_chromium()
+
+
+def test_copytruncate_is_a_notice_and_a_truncation_in_the_receipt(tmp_path: Path) -> None:
+    """Rotated by copytruncate: the report lists copytruncate's blind window as a notice (the
+    status stays green), the receipt shows the file read again from 0 after its truncation, and
+    the figures still equal the attachment."""
+    day = generate_day(tmp_path, rotation="copytruncate")
+    msg = parse(day.message)
+    assert msg["X-Tailmail-Status"] == "green"
+    text, html = bodies(msg)
+    flat = " ".join(text.split())
+    assert "1 notice below" in flat
+    assert "Notices: - source app: " in flat and "copytruncate" in flat
+    assert "Notices" in cells(html)
+    receipt = flat[flat.index("Completeness receipt") :]
+    size = len(day.logs["events.json.1"])
+    assert (
+        f"bytes 0 to {size:,} after the truncation, bytes 0 to {len(day.logs['events.json']):,}"
+        in receipt
+    )
+    assert "truncated once" in receipt
+    lines = attached_content(msg).splitlines()
+    assert len(lines) == sum(1 for _ in lines) and expected_per_rule(lines)
+    assert re.search(rf"^Events selected\s+{len(lines):,}$", text, re.M)
+    assert len(lines) == len(
+        attached_content(parse(generate_day(tmp_path / "r").message)).splitlines()
+    )
