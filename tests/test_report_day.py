@@ -342,8 +342,6 @@ def test_copytruncate_is_a_notice_and_a_truncation_in_the_receipt(tmp_path: Path
     )
     assert "truncated once" in receipt
     lines = attached_content(msg).splitlines()
-    assert len(lines) == sum(1 for _ in lines) and expected_per_rule(lines)
     assert re.search(rf"^Events selected\s+{len(lines):,}$", text, re.M)
-    assert len(lines) == len(
-        attached_content(parse(generate_day(tmp_path / "r").message)).splitlines()
-    )
+    renamed = generate_day(tmp_path / "renamed")  # the same day, the other rotation
+    assert lines == attached_content(parse(renamed.message)).splitlines(), "none lost or twice"
