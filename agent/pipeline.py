@@ -26,7 +26,6 @@ from agent.config import Config, ReportConfig
 from agent.decode import TOO_LONG, Chunk, Positions, classify, event_time, sample
 from agent.outbox import Outbox
 from agent.periods import Period, period_from, period_of, system_timezone
-from agent.report import build_report, report_input
 from agent.rules import Rule, RuleBook
 from agent.sources import Retired, SourceTailer, Tailed
 from agent.state import (
@@ -480,6 +479,9 @@ class Pipeline:
         rotated: Path,
         outbox_id: str,
     ) -> None:
+        # Imported here: jinja2 and the templates are needed once a day, not at every start.
+        from agent.report import build_report, report_input
+
         message = build_report(
             report_input(
                 report,
