@@ -27,6 +27,10 @@ class Failure(Exception):
     """A runtime failure with a sentence for the operator: exit 1."""
 
 
+class Usage(Exception):
+    """A wrong argument, with a sentence for the operator: exit 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -45,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Failure as exc:
         print(f"tailmail: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except Usage as exc:
+        print(f"tailmail: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
@@ -86,10 +93,48 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rotate)
     p = command("status", "show sources, reports and the outbox")
     p.set_defaults(func=cmd_status)
+    report = sub.add_parser(
+        "report",
+        help="report preview: the current period's report email, without rotating or sending",
+        description="Look at a report email before it is sent.",
+    )
+    actions = report.add_subparsers(dest="action", metavar="ACTION")
+    p = actions.add_parser(
+        "preview",
+        help="build the report of the current period (or of a sample file) as the rotation "
+        "would, without rotating, sending or writing any state",
+        description="Build the report of the current period (or of a sample file) as the "
+        "rotation would, without rotating, sending or writing any state; safe while the "
+        "service runs. Prints the plain-text part unless --out or --eml is given.",
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        help="config file (default: $TAILMAIL_CONFIG, then /etc/tailmail/config.yaml)",
+    )
+    p.add_argument("--report", help="the report to preview (default: the first in the config)")
+    p.add_argument("--out", metavar="FILE.html", help="write the HTML part to FILE.html")
+    p.add_argument("--eml", metavar="FILE.eml", help="write the whole message, for a mail client")
+    p.add_argument(
+        "--sample",
+        metavar="FILE",
+        help="build it from the JSON lines of FILE instead of the current period",
+    )
+    p.add_argument(
+        "--source",
+        help="with --sample: read FILE as this source's events (default: the first source)",
+    )
+    p.set_defaults(func=cmd_report_preview)
+    report.set_defaults(func=lambda _: _help(report))
     p = sub.add_parser("demo", help="a self-contained demonstration with a local SMTP sink")
     p.add_argument("--dir", help="folder to write the demo into (default: a new temporary folder)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -383,6 +428,63 @@ def print_status(config: Config, out: TextIO) -> None:
         f"outbox: {counts.get('queued', 0)} queued, {counts.get('deferred', 0)} deferred, {counts.get('failed', 0)} failed",
         file=out,
     )
+
+
+# ---- report preview --------------------------------------------------------------------------
+
+
+def cmd_report_preview(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from agent.log import setup
+    from agent.preview import BadSample, NoPeriod, preview_current, preview_sample
+    from agent.rules import RuleBook
+
+    config = _config(args)
+    names = [r.name for r in config.reports]
+    if args.report and args.report not in names:
+        raise Usage(f"--report: no report named {args.report!r}; reports: {', '.join(names)}")
+    report = config.report(args.report) if args.report else config.reports[0]
+    sources = [s.name for s in config.sources]
+    if args.source and not args.sample:
+        raise Usage("--source goes with --sample")
+    if args.source and args.source not in sources:
+        raise Usage(f"--source: no source named {args.source!r}; sources: {', '.join(sources)}")
+    # The pipeline of --sample logs what the service would; the report says it all already.
+    setup(replace(config.log, level="error"))
+    rulebook = RuleBook(config.rules_dir, sources, names)
+    for problem in rulebook.reload():
+        print(f"warning: {problem} (previewed without it)", file=sys.stderr)
+    try:
+        if args.sample:
+            source = next(s for s in config.sources if s.name == (args.source or sources[0]))
+            rendered = preview_sample(config, report, rulebook, source, Path(args.sample))
+        else:
+            rendered = preview_current(config, report, rulebook)
+    except BadSample as exc:
+        raise Usage(str(exc)) from None
+    except NoPeriod as exc:
+        raise Failure(str(exc)) from None
+    except OSError as exc:
+        raise Failure(f"cannot build the preview: {exc}") from None
+    written = []
+    for name, data in ((args.out, rendered.html.encode()), (args.eml, rendered.message)):
+        if name:
+            try:
+                Path(name).write_bytes(data)
+            except OSError as exc:
+                raise Failure(f"cannot write {name}: {exc.strerror or exc}") from None
+            written.append(f"wrote {name} ({len(data):,} bytes)")
+    if not written:
+        sys.stdout.write(rendered.text)
+        return EXIT_OK
+    print(f"report {report.name}: {rendered.status.upper()}: {rendered.reason}")
+    print(f"subject: {rendered.subject}")
+    if rendered.attached:
+        print(f"attachment: {rendered.attached}")
+    for line in written:
+        print(line)
+    return EXIT_OK
 
 
 # ---- demo ------------------------------------------------------------------------------------

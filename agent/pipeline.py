@@ -38,6 +38,7 @@ from agent.state import (
     save_checkpoint,
 )
 from agent.store import ReportStore, prune, rotated_path
+from agent.summary import rule_profiles
 
 log = structlog.get_logger("tailmail.pipeline")
 
@@ -133,6 +134,7 @@ class Pipeline:
         for tailer in self.tailers:
             tailer.scan()
         self._note_source_trouble()
+        self._note_renames()
         self.checkpoint.started_before = True
         self.commit()
 
@@ -152,6 +154,7 @@ class Pipeline:
         for tailer in self.tailers:
             tailer.scan()
         self._note_source_trouble()
+        self._note_renames()
 
     def pump(self, budget: int = PUMP_BYTES) -> bool:
         """Read up to `budget` bytes across all files, store the selection, commit. True if any."""
@@ -317,16 +320,7 @@ class Pipeline:
                         "sample": text,
                     }
                 )
-            receipt = stats.files.setdefault(
-                tailed.key,
-                {"source": source, "path": path, "first_offset": chunk.start, "truncations": 0},
-            )
-            receipt["path"] = path
-            receipt["last_offset"] = chunk.end
-            receipt["fingerprint"] = tailed.state.fingerprint[:16]
-            receipt["truncations"] = tailed.truncations
-            if reasons:
-                receipt["skipped"] = receipt.get("skipped", 0) + len(reasons)
+            stats.note_read(tailed.key, tailed.state, chunk.start, chunk.end, read, len(reasons))
             lines = selected[j]
             if not lines:
                 continue
@@ -361,6 +355,16 @@ class Pipeline:
                 rs.stats.lost_bytes += loss["bytes"]
                 rs.stats.add_problem({"kind": kind, "text": text, "path": loss["path"]})
         tailer.losses.clear()
+
+    def _note_renames(self) -> None:
+        """A file renamed since it was read (rename-and-create rotation): the receipts say so.
+
+        Per scan, not per line: a scan is what finds a file under its new name.
+        """
+        for tailer in self.tailers:
+            for tailed in tailer.files.values():
+                for rs in self.checkpoint.reports.values():
+                    rs.stats.note_name(tailed.key, tailed.state.path)
 
     def _note_source_trouble(self) -> None:
         """Record a source going missing or unreadable in each report's problems, once."""
@@ -429,6 +433,9 @@ class Pipeline:
         # is not reported twice: the new period is the one that contains now.
         next_start = max(end, period_of(self.now(), report.rotate_at, report.timezone).start)
         rs.stats = PeriodStats(start=_iso(next_start))
+        # A source still missing or unreadable is a problem of the next period too.
+        for text in self._source_trouble.values():
+            rs.stats.add_problem({"kind": "source", "text": text})
         rs.store_size = 0
         save_checkpoint(self.config.state_dir, self.checkpoint)  # the intent is durable
         self._finish_rotation(report)
@@ -485,26 +492,22 @@ class Pipeline:
         rotated: Path,
         outbox_id: str,
     ) -> None:
-        source_problems = tuple(p["text"] for p in stats.problems if p.get("kind") == "source")
-        delivery_problems = tuple(
-            f"{p.get('period', '?')}: {p.get('text') or p.get('error') or p.get('event', 'failed')}"
-            for p in self.outbox.problems_since_last_delivery(report.name)
-        )
         # Imported here: jinja2 and the templates are needed once a day, not at every start.
-        from agent.report import ReportInput, build_report
+        from agent.report import build_report, report_input
 
         message = build_report(
-            ReportInput(
-                report=report,
-                period=period,
+            report_input(
+                report,
+                period,
+                stats,
+                rotated if rotated.exists() and rotated.stat().st_size else None,
+                rules=rule_profiles(
+                    report, self.rulebook.rules, self.config.sources, self.local_tz
+                ),
+                delivery_events=self.outbox.problems_since_last_delivery(report.name),
                 hostname=self.hostname,
                 version=__version__,
                 built_at=self.now(),
-                stats=stats,
-                rotated_file=rotated if rotated.exists() and rotated.stat().st_size else None,
-                top_fields=self.top_fields(report),
-                source_problems=source_problems,
-                delivery_problems=delivery_problems,
                 sender=self.config.smtp.from_addr,
                 message_id=f"<tailmail.{outbox_id}@{self.hostname}>",
             )
@@ -529,12 +532,3 @@ class Pipeline:
             selected=stats.selected,
             id=outbox_id,
         )
-
-    def top_fields(self, report: ReportConfig) -> tuple[str, ...]:
-        if report.top_fields is not None:
-            return report.top_fields
-        fields: dict[str, None] = {}
-        for rule in self.rulebook.rules:
-            if rule.reports is None or report.name in rule.reports:
-                fields.update(dict.fromkeys(rule.fields))
-        return tuple(fields)[:5]

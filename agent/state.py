@@ -17,6 +17,8 @@ import orjson
 
 CHECKPOINT = "checkpoint.json"
 MAX_PROBLEMS = 50  # examples of problems kept per period; the counts are always complete
+MAX_RANGES = 8  # byte ranges kept per file and period (a new one starts after each truncation)
+MAX_NAMES = 4  # names kept per file and period: the first, and the latest after renames
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -96,6 +98,64 @@ class PeriodStats:
     def add_problem(self, problem: dict[str, Any]) -> None:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
+
+    def note_read(
+        self, key: str, state: FileState, start: int, end: int, lines: int, skipped: int
+    ) -> None:
+        """Account one read of a source file (bytes `start`..`end`) for the completeness receipt.
+
+        Called once per read, never per line. The receipt names the file by identity (device,
+        inode, fingerprint) and keeps the byte ranges consumed in the period: reads follow each
+        other, so a range only grows, and a read that does not start where the last ended (the
+        file was truncated, and is read again from 0) opens a new one. Since the figures are
+        committed with the offsets, a file's first range in a period starts exactly where its
+        last range in the previous period ended.
+        """
+        if end <= start and not lines:
+            return  # only part of a line so far: nothing consumed
+        receipt = self.files.get(key)
+        if receipt is None:
+            receipt = self.files[key] = {
+                "source": state.source, "path": state.path, "names": [state.path],
+                "dev": state.dev, "ino": state.ino, "first_offset": start, "last_offset": end,
+                "ranges": [[start, end]], "bytes": 0, "lines": 0, "truncations": 0,
+                "skipped": 0,
+            }  # fmt: skip
+        else:
+            if "ranges" not in receipt:  # written by an older version: rebuilt from what it has
+                first, last = receipt.get("first_offset", start), receipt.get("last_offset", start)
+                receipt["ranges"] = [[first, last]]
+                receipt.setdefault("bytes", last - first)
+            ranges = receipt["ranges"]
+            if start == ranges[-1][1]:
+                ranges[-1][1] = end
+            else:
+                if start < ranges[-1][1]:
+                    receipt["truncations"] = receipt.get("truncations", 0) + 1
+                if len(ranges) >= MAX_RANGES:
+                    receipt["ranges_dropped"] = receipt.get("ranges_dropped", 0) + 1
+                    del ranges[-1]
+                ranges.append([start, end])
+            self.note_name(key, state.path)
+            receipt["last_offset"] = end
+        receipt["fingerprint"] = state.fingerprint[:16]
+        receipt["fp_len"] = state.fp_len
+        receipt["bytes"] = receipt.get("bytes", 0) + (end - start)
+        receipt["lines"] = receipt.get("lines", 0) + lines
+        if skipped:
+            receipt["skipped"] = receipt.get("skipped", 0) + skipped
+
+    def note_name(self, key: str, path: str) -> None:
+        """A file read in the period is now called `path`: renamed (rename-and-create rotation)."""
+        receipt = self.files.get(key)
+        if receipt is None:
+            return
+        names = receipt.setdefault("names", [receipt.get("path", path)])
+        if names[-1] != path:
+            receipt["renames"] = receipt.get("renames", 0) + 1
+            names[MAX_NAMES - 1 :] = []
+            names.append(path)
+        receipt["path"] = path
 
     def to_dict(self) -> dict[str, Any]:
         return {

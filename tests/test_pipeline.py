@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from mailview import bodies, parse
 
 from agent.config import Config, ReportConfig, SmtpConfig, SourceConfig
 from agent.outbox import Outbox
@@ -393,3 +394,47 @@ def test_two_forced_rotations_within_a_second_queue_two_reports(
     assert len(set(ids)) == 3, ids
     assert len(pipeline.outbox.entries()) == 3
     pipeline.close()
+
+
+def test_a_source_still_missing_at_rotation_is_a_problem_of_the_next_period_too(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A source that went missing yesterday and is still missing turns today's report red too."""
+    cfg = make(tmp_path, sources=[SourceConfig("app", str(tmp_path / "logs" / "*.json"))])
+    pipeline = open_pipeline(cfg, clock)
+    clock.now = datetime(2026, 11, 22, 0, 0, 1, tzinfo=UTC)
+    pipeline.rotate_due()
+    clock.now = datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC)
+    [queued] = pipeline.rotate_due()
+    pipeline.close()
+    [entry] = [e for e in pipeline.outbox.entries() if e.id == queued.outbox_id]
+    msg = parse(entry.path.read_bytes())
+    assert msg["X-Tailmail-Status"] == "red"
+    text, _ = bodies(msg)
+    assert f"no file matches {tmp_path}/logs/*.json" in " ".join(text.split())
+
+
+def test_receipt_records_a_rename_found_by_a_scan_after_the_last_read(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A file read to its end and then renamed (rename-and-create) is named under both names."""
+    cfg = make(
+        tmp_path, sources=[SourceConfig("app", str(tmp_path / "logs" / "a.json*"), "beginning")]
+    )
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    log = tmp_path / "logs" / "a.json"
+    write(log, {"n": 1}, {"n": 2})
+    pipeline = open_pipeline(cfg, clock)
+    drain(pipeline)
+    log.rename(log.with_name("a.json.1"))
+    write(log, {"n": 3})
+    drain(pipeline)
+    files = pipeline.checkpoint.reports["daily"].stats.files
+    pipeline.close()
+    old, new = files.values()
+    assert old["names"] == [str(log), str(log.with_name("a.json.1"))]
+    assert old["renames"] == 1 and old["ranges"] == [[0, 16]]
+    assert new["names"] == [str(log)] and new["ranges"] == [[0, 8]]
+    assert old["ino"] != new["ino"]
+    saved = load_checkpoint(cfg.state_dir).reports["daily"].stats.files
+    assert list(saved.values()) == [old, new], "committed with the offsets"

@@ -4,15 +4,12 @@ subject, DST days and size, built from a generated day and parsed back as a mail
 from __future__ import annotations
 
 import dataclasses
-import email
-import email.policy
 import gzip
 import hashlib
 import random
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,22 +18,60 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mailview import attachments, bodies, cells, follows, hour_columns, parse
 
 from agent.config import ReportConfig
 from agent.periods import Period, period_of
 from agent.report import (
-    MAX_DISTINCT,
+    HTML_BUDGET,
     ReportInput,
     build_report,
+    render_report,
     render_subject,
     status_of,
-    summarize_file,
 )
 from agent.state import PeriodStats
+from agent.summary import RuleProfile
 
 BERLIN = ZoneInfo("Europe/Berlin")
 DAY = datetime(2026, 11, 21, 12, 0, tzinfo=BERLIN)
 HOSTILE = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>')
+RULES = (
+    RuleProfile(
+        "failed-logins",
+        "Failed logins",
+        ("event", "user.name"),
+        lambda e: e.get("event") == "login.failed",
+    ),
+    RuleProfile(
+        "upload-errors",
+        "Uploads that failed",
+        ("event", "user.name"),
+        lambda e: e.get("event") == "upload.error",
+    ),
+    RuleProfile(
+        "any-error", "Anything at level error", ("level",), lambda e: e.get("level") == "error"
+    ),
+)
+
+
+FILE_KEY = "app:2049:131075"
+FILE_RECEIPT: dict[str, Any] = {
+    "source": "app",
+    "path": "/var/log/app/events.json",
+    "names": ["/var/log/app/events.json"],
+    "dev": 2049,
+    "ino": 131075,
+    "fingerprint": "3fa1c2d4e5f60718",
+    "fp_len": 256,
+    "first_offset": 1_024,
+    "last_offset": 48_213,
+    "ranges": [[1_024, 48_213]],
+    "bytes": 47_189,
+    "lines": 200,
+    "truncations": 0,
+    "skipped": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -104,14 +139,7 @@ def make_day(
         selected=len(events),
         per_rule=per_rule,
         per_hour=per_hour,
-        files={
-            "k1": {
-                "source": "app",
-                "path": "/var/log/app/events.json",
-                "first_offset": 0,
-                "last_offset": 48_213,
-            }
-        },
+        files={FILE_KEY: dict(FILE_RECEIPT)},
     )
     figures = dataclasses.replace(figures, **(stats or {}))
     config = ReportConfig(
@@ -130,7 +158,7 @@ def make_day(
         built_at=period.end.astimezone(BERLIN).replace(second=5),
         stats=figures,
         rotated_file=rotated if events else None,
-        top_fields=("user.name", "event"),
+        rules=RULES,
         source_problems=(),
         delivery_problems=(),
         sender="tailmail <tailmail@example.com>",
@@ -139,33 +167,16 @@ def make_day(
     return Day(dataclasses.replace(inp, **changes), content)
 
 
-def parse(raw: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def bodies(msg: EmailMessage) -> tuple[str, str]:
-    text, html = msg.get_body(("plain",)), msg.get_body(("html",))
-    assert text is not None and html is not None
-    # get_content() keeps the wire's CRLF; compare lines as a mail client shows them
-    return _lines(text), _lines(html)
-
-
-def _lines(part: Any) -> str:
-    return str(part.get_content()).replace("\r\n", "\n")
-
-
-def attachments(msg: EmailMessage) -> list[Any]:
-    return list(msg.iter_attachments())
-
-
 def incompressible_events(period: Period, count: int) -> list[dict[str, Any]]:
     rnd = random.Random(1)
     events = make_events(period, count)
     for e in events:
         e["blob"] = rnd.randbytes(300).hex()
     return events
+
+
+def rule_counts(events: list[dict[str, Any]]) -> dict[str, int]:
+    return {p.name: sum(1 for e in events if p.selects(e)) for p in RULES}
 
 
 def test_message_is_mixed_with_alternative_text_then_html_and_attachment(tmp_path: Path) -> None:
@@ -223,11 +234,13 @@ def test_receipt_gives_line_count_and_sha256_of_the_attachment(tmp_path: Path) -
     sha, lines = hashlib.sha256(data).hexdigest(), data.count(b"\n")
     assert lines == 60
     text, html = bodies(msg)
-    assert f"Lines: {lines}\n" in text
-    assert re.search(rf">Lines</td><td[^>]*>{lines}</td>", html)
+    assert f"  Lines: {lines}\n" in text
+    assert follows(cells(html), "Lines", str(lines))
+    assert follows(cells(html), "SHA-256", sha)
     for body in (text, html):
         assert sha in body
         assert "sha256sum daily-2026-11-21.jsonl" in body
+        assert "one for each of the 60 selected events" in " ".join(body.split())
 
 
 def test_big_file_is_attached_gzipped(tmp_path: Path) -> None:
@@ -261,7 +274,7 @@ def test_file_too_big_even_gzipped_is_not_attached_and_the_mail_says_where(tmp_p
         assert hashlib.sha256(day.content).hexdigest() in body
     text, html = bodies(msg)
     assert f"\n  {day.inp.rotated_file}\n" in text, "the path stands whole on its own line"
-    assert f">{day.inp.rotated_file}</p>" in html
+    assert str(day.inp.rotated_file) in cells(html)
 
 
 def test_attach_false_sends_no_attachment_but_says_where_the_file_is(tmp_path: Path) -> None:
@@ -286,9 +299,14 @@ def test_empty_period_says_so_without_attachment(tmp_path: Path) -> None:
         "text/plain",
         "text/html",
     ]
-    for body in bodies(msg):
+    text, html = bodies(msg)
+    for body in (text, html):
         assert "No events were selected in this period" in body
         assert "No rule selected any event." in body
+        assert "Selected per hour" not in body
+    for rule in RULES:  # the rules that ran are listed, with their zero
+        assert re.search(rf"^{rule.name}\s+0$", text, re.M)
+        assert follows(cells(html), rule.name, rule.description, "0")
 
 
 def test_per_rule_and_per_hour_figures_are_in_both_parts(tmp_path: Path) -> None:
@@ -297,27 +315,76 @@ def test_per_rule_and_per_hour_figures_are_in_both_parts(tmp_path: Path) -> None
     text, html = bodies(parse(build_report(day.inp)))
     stats = day.inp.stats
     assert re.search(r"Events read\s+200\b", text) and re.search(r"Events selected\s+60\b", text)
-    for rule, count in stats.per_rule.items():
-        assert re.search(rf"^{rule}\s+{count}\s+#+$", text, re.M), rule
-        assert re.search(rf">{rule}</td><td[^>]*>{count}</td>", html), rule
-    rows = dict(re.findall(r'<tr data-hour="([^"]+)">.*?<td[^>]*>([\d,]*)</td>', html))
-    assert len(rows) == 24
-    for hour in range(24):
-        key = f"2026-11-21T{hour:02d}"
-        count = stats.per_hour.get(key, 0)
-        assert rows[key] == str(count)
-        assert re.search(rf"^2026-11-21 {hour:02d}:00 CET\s+{count}\b", text, re.M), key
+    assert follows(cells(html), "200", "Events read", "60", "Events selected", "0")
+    for rule in RULES:
+        count = stats.per_rule[rule.name]
+        assert re.search(rf"^{rule.name}\s+{count}\s+#+$", text, re.M), rule
+        assert follows(cells(html), rule.name, rule.description, str(count)), rule
+    columns = hour_columns(html)
+    assert [hour for hour, _, _ in columns] == [f"2026-11-21T{h:02d}" for h in range(24)]
+    for hour, (key, count, shown) in enumerate(columns):
+        expected = stats.per_hour.get(key, 0)
+        assert count == str(expected)
+        assert shown == (str(expected) if expected else "")
+        assert re.search(rf"^2026-11-21 {hour:02d}:00 CET\s+{expected}\b", text, re.M), key
 
 
-def test_top_values_are_shown_with_counts(tmp_path: Path) -> None:
-    """The most frequent values of the top fields are listed with their counts in both parts."""
+def test_rules_in_force_that_selected_nothing_and_rules_gone_are_listed(tmp_path: Path) -> None:
+    """A rule in force with no event is listed with 0; a count of a rule no longer in force says so."""
+    quiet = RuleProfile("quiet-rule", "Never matches", ("x",), lambda e: False)
+    day = make_day(tmp_path, rules=(*RULES, quiet))
+    per_rule = {**day.inp.stats.per_rule, "old-rule": 3}
+    inp = dataclasses.replace(day.inp, stats=dataclasses.replace(day.inp.stats, per_rule=per_rule))
+    text, html = bodies(parse(build_report(inp)))
+    assert re.search(r"^quiet-rule\s+0$", text, re.M)
+    assert follows(cells(html), "quiet-rule", "Never matches", "0")
+    assert re.search(r"^old-rule\s+3\s+#+\n    no longer in force$", text, re.M)
+    assert follows(cells(html), "old-rule", "no longer in force", "3")
+    assert text.index("quiet-rule") > text.index("old-rule"), "busy rules first"
+
+
+def test_top_values_are_per_rule_from_the_stored_events(tmp_path: Path) -> None:
+    """For each rule, the most frequent values of its fields, counted over its own events."""
     day = make_day(tmp_path)
     text, html = bodies(parse(build_report(day.inp)))
-    names = [e["user"]["name"] for e in make_events(berlin_period(), 60)]
-    for name in ("alice", "bob", "carol"):
-        assert re.search(rf"^  {name}\s+{names.count(name)}\s+#+$", text, re.M)
-        assert re.search(rf">{name}</td><td[^>]*>{names.count(name)}</td>", html)
-    assert "user.name (in 60 of 60 events)" in text
+    events = make_events(berlin_period(), 60)
+    logins = [e["user"]["name"] for e in events if e["event"] == "login.failed"]
+    assert len(set(logins)) == 3
+    block = text[text.index("Top values per rule") : text.index("Problems\n")]
+    assert f"failed-logins ({len(logins)} events)" in block
+    assert f"event = login.failed (in {len(logins)} of {len(logins)} events)" in block
+    for name in set(logins):
+        assert re.search(rf"^    {name}\s+{logins.count(name)}\s+#+$", block, re.M)
+        assert follows(cells(html), name, str(logins.count(name)))
+    # upload.error events are all alice's: one value, said in one line, not as a chart
+    assert "user.name = alice (in 20 of 20 events)" in block
+    assert "user.name = alice in 20 of 20 events" in cells(html)
+    errors = sum(1 for e in events if e["level"] == "error")
+    assert f"any-error ({errors} events)" in block
+
+
+def test_a_field_whose_values_never_repeat_is_summed_up_not_listed(tmp_path: Path) -> None:
+    """Unique values (sizes, ids) get one line saying how many there were, not five rows of 1."""
+    events = make_events(berlin_period(), 30)
+    for i, e in enumerate(events):
+        e["event"], e["request_id"] = "login.failed", f"req-{i:04d}"
+    rules = (RuleProfile("failed-logins", "", ("request_id",), lambda e: True),)
+    day = make_day(tmp_path, events, rules=rules, stats={"per_rule": {"failed-logins": 30}})
+    text, html = bodies(parse(build_report(day.inp)))
+    for body in (text, html):
+        assert "30 different values, none more than once." in body
+        assert "req-0000" not in body
+
+
+def test_top_values_say_when_stored_events_match_no_rule_in_force(tmp_path: Path) -> None:
+    """Events stored by a rule since removed are counted as selected by no rule in force now."""
+    day = make_day(tmp_path, rules=RULES[:1])
+    text, html = bodies(parse(build_report(day.inp)))
+    others = sum(1 for e in make_events(berlin_period(), 60) if e["event"] != "login.failed")
+    for body in (text, html):
+        assert f"{others} stored events are selected by no rule in force now" in " ".join(
+            body.split()
+        )
 
 
 def test_counts_outside_the_period_are_shown_as_before_and_after(tmp_path: Path) -> None:
@@ -331,8 +398,21 @@ def test_counts_outside_the_period_are_shown_as_before_and_after(tmp_path: Path)
         assert "After the period: 2" in body
 
 
+def test_hour_columns_show_big_counts_compactly_and_exactly_in_the_text(tmp_path: Path) -> None:
+    """A count too wide for its column is shown as 1.2k/35k above it; the text part has it exact."""
+    day = make_day(tmp_path)
+    per_hour = {"2026-11-21T03": 1_234, "2026-11-21T04": 35_210, "2026-11-21T05": 999}
+    inp = dataclasses.replace(day.inp, stats=dataclasses.replace(day.inp.stats, per_hour=per_hour))
+    text, html = bodies(parse(build_report(inp)))
+    shown = {hour: (count, label) for hour, count, label in hour_columns(html)}
+    assert shown["2026-11-21T03"] == ("1,234", "1.2k")
+    assert shown["2026-11-21T04"] == ("35,210", "35k")
+    assert shown["2026-11-21T05"] == ("999", "999")
+    assert re.search(r"^2026-11-21 04:00 CET\s+35,210\s+#{30}$", text, re.M)
+
+
 @pytest.mark.parametrize(
-    ("at", "rows", "labels"),
+    ("at", "columns", "labels"),
     [
         (
             datetime(2026, 10, 25, 12, tzinfo=BERLIN),
@@ -346,21 +426,25 @@ def test_counts_outside_the_period_are_shown_as_before_and_after(tmp_path: Path)
         ),
     ],
 )
-def test_dst_days_have_25_or_23_hour_rows(
-    tmp_path: Path, at: datetime, rows: int, labels: tuple[str, str]
+def test_dst_days_have_25_or_23_hours(
+    tmp_path: Path, at: datetime, columns: int, labels: tuple[str, str]
 ) -> None:
-    """Europe/Berlin's fall-back day renders 25 hour rows and its spring-forward day 23."""
+    """Europe/Berlin's fall-back day charts 25 hours and its spring-forward day 23."""
     period = berlin_period(at)
     day = make_day(tmp_path, make_events(period, 80), period=period)
     text, html = bodies(parse(build_report(day.inp)))
-    assert len(re.findall(r"<tr data-hour=", html)) == rows
+    chart = hour_columns(html)
+    assert len(chart) == columns
     hour_lines = re.findall(r"^\d{4}-\d\d-\d\d \d\d:00 CES?T\b.*$", text, re.M)
-    assert len(hour_lines) == rows
+    assert len(hour_lines) == columns
     for label in labels:
-        assert label in text and label in html
+        assert label in text
     total = sum(day.inp.stats.per_hour.values())
-    shown = sum(int(m) for m in re.findall(r'data-hour="[^"]+">.*?<td[^>]*>(\d+)</td>', html))
-    assert shown == total, "the repeated local hour must not be counted twice"
+    assert sum(int(count.replace(",", "") or 0) for _, count, _ in chart) == total, (
+        "the repeated local hour must not be counted twice"
+    )
+    if columns == 25:
+        assert "02:00 happens twice" in html
 
 
 @pytest.mark.parametrize(
@@ -396,8 +480,22 @@ def test_status_colour_and_reason(
     msg = parse(build_report(day.inp))
     text, html = bodies(msg)
     assert msg["X-Tailmail-Status"] == status
-    assert f"background:{colour}" in html
+    assert re.search(rf'<td id="status" bgcolor="{colour}" style="background:{colour};', html)
     assert why in html and why in " ".join(text.split())
+
+
+def test_notices_are_listed_without_changing_a_green_status(tmp_path: Path) -> None:
+    """copytruncate's "may have lost" notice is shown in both parts; the status stays green."""
+    notice = "source app: /var/log/app/events.json: copytruncate: lines written between its copy and its truncate, if there were any, are lost"
+    day = make_day(tmp_path, notices=(notice, notice))
+    msg = parse(build_report(day.inp))
+    assert msg["X-Tailmail-Status"] == "green"
+    text, html = bodies(msg)
+    assert "1 notice below" in text
+    for body in (text, html):
+        flat = " ".join(body.split())
+        assert "Notices" in flat
+        assert flat.count("if there were any, are lost") == 1, "the same notice once"
 
 
 def test_unreadable_rotated_file_is_reported_red_not_lost(tmp_path: Path) -> None:
@@ -445,10 +543,100 @@ def test_problems_list_skipped_lines_with_examples_and_source_problems(tmp_path:
     assert "at byte 4,096" not in text, "only the first examples are shown"
     assert "permission denied" in text and "permission denied" in html
     assert "/var/log/app/events.json at byte 2,048: {&#34;broken&#34;: 2" in html
+    assert 'app: /var/log/app/events.json at byte 2,048: {"broken": 2' in cells(html)
+
+
+def test_completeness_receipt_names_each_file_by_identity_with_its_byte_ranges(
+    tmp_path: Path,
+) -> None:
+    """Per source file: device, inode, fingerprint, path, byte ranges, renames, truncations, skips."""
+    rotated = {
+        **FILE_RECEIPT,
+        "path": "/var/log/app/events.json.1",
+        "names": ["/var/log/app/events.json", "/var/log/app/events.json.1"],
+        "ranges": [[1_024, 90_000], [0, 4_096]],
+        "truncations": 1,
+        "skipped": 2,
+    }
+    fresh = {
+        **FILE_RECEIPT,
+        "path": "/var/log/app/events.json",
+        "names": ["/var/log/app/events.json"],
+        "ino": 131080,
+        "fingerprint": "0011223344556677",
+        "ranges": [[0, 20_000]],
+        "bytes": 20_000,
+        "lines": 80,
+    }
+    files = {FILE_KEY: rotated, "app:2049:131080": fresh}
+    day = make_day(tmp_path, stats={"files": files})
+    text, html = bodies(parse(build_report(day.inp)))
+    receipt = text[text.index("Completeness receipt") :]
+    assert "  app: /var/log/app/events.json.1\n" in receipt
+    assert (
+        "device 8:1, inode 131075; fingerprint 3fa1c2d4e5f60718 (SHA-256 of the first 256 bytes)"
+        in " ".join(receipt.split())
+    )
+    assert "    bytes 1,024 to 90,000\n    after the truncation, bytes 0 to 4,096\n" in receipt
+    assert "46.1 KiB (47,189 bytes) in 200 lines, 2 skipped" in receipt
+    assert (
+        "renamed: /var/log/app/events.json -> /var/log/app/events.json.1; truncated once"
+        in " ".join(receipt.split())
+    )
+    assert "device 8:1, inode 131080" in receipt and "bytes 0 to 20,000" in receipt
+    visible = cells(html)
+    assert (
+        "bytes 1,024 to 90,000; after the truncation, bytes 0 to 4,096 · 46.1 KiB (47,189 bytes) in 200 lines, 2 skipped"
+        in visible
+    )
+    assert (
+        "renamed: /var/log/app/events.json -&gt; /var/log/app/events.json.1; truncated once" in html
+    )
+
+
+def test_receipt_of_an_older_checkpoint_is_shown_from_what_it_has(tmp_path: Path) -> None:
+    """Receipts written before identities and ranges were kept still give path, range, inode."""
+    old = {
+        "source": "app",
+        "path": "/var/log/app/events.json",
+        "first_offset": 0,
+        "last_offset": 500,
+        "fingerprint": "abcd",
+        "truncations": 0,
+    }
+    day = make_day(tmp_path, stats={"files": {"app:2049:77": old}})
+    text, _ = bodies(parse(build_report(day.inp)))
+    assert "device 8:1, inode 77; fingerprint abcd" in text
+    assert "bytes 0 to 500" in text and "500 bytes, 0 skipped" in text
+
+
+def test_a_period_without_reads_says_so_in_the_receipt(tmp_path: Path) -> None:
+    """No file gave a line: the receipt says so rather than showing nothing."""
+    day = make_day(tmp_path, [], stats={"files": {}})
+    for body in bodies(parse(build_report(day.inp))):
+        assert "No source file gave a line in this period." in body
+
+
+def test_preview_says_so_and_reads_only_the_committed_bytes(tmp_path: Path) -> None:
+    """A preview of a store still being written shows a banner and only its committed prefix."""
+    day = make_day(tmp_path)
+    assert day.inp.rotated_file is not None
+    with day.inp.rotated_file.open("ab") as fh:
+        fh.write(b'{"uncommitted": true}\n{"half": ')
+    inp = dataclasses.replace(
+        day.inp, rotated_bytes=len(day.content), preview="The period so far, as of noon."
+    )
+    msg = parse(build_report(inp))
+    [part] = attachments(msg)
+    assert part.get_content() == day.content
+    text, html = bodies(msg)
+    assert "PREVIEW. The period so far, as of noon." in text
+    assert "Preview. The period so far, as of noon." in cells(html)
+    assert hashlib.sha256(day.content).hexdigest() in text
 
 
 def test_hostile_event_values_are_escaped_in_html(tmp_path: Path) -> None:
-    """Markup in event values, samples and problems reaches the HTML only as escaped text."""
+    """Markup in event values, samples, problems, rules and paths reaches the HTML only as text."""
     events = make_events(berlin_period(), 30)
     for i, e in enumerate(events):
         e["user"]["name"] = HOSTILE[i % 2]
@@ -460,26 +648,56 @@ def test_hostile_event_values_are_escaped_in_html(tmp_path: Path) -> None:
         "reason": "<i>bad</i>",
         "sample": HOSTILE[1],
     }
+    hostile_rule = RuleProfile(
+        "<u>rule</u>", "<marquee>desc</marquee>", ("user.name",), lambda e: True
+    )
     day = make_day(
         tmp_path,
         events,
-        stats={"skipped": {"<i>bad</i>": 1}, "problems": [problem]},
+        stats={
+            "skipped": {"<i>bad</i>": 1},
+            "problems": [problem],
+            "per_rule": {"<u>rule</u>": 30},
+            "files": {"k": {**FILE_RECEIPT, "path": "/x/<b>.json", "names": ["/x/<b>.json"]}},
+        },
+        rules=(hostile_rule,),
         source_problems=(HOSTILE[0],),
         delivery_problems=(HOSTILE[1],),
+        notices=("<blink>notice</blink>",),
+        hostname="<h1>host</h1>",
     )
     text, html = bodies(parse(build_report(day.inp)))
-    for tag in ("<script", "<img", "<b>", "<i>"):
+    for tag in ("<script", "<img", "<b>", "<i>", "<u>", "<marquee", "<blink", "<h1>host"):
         assert tag not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
+    assert HOSTILE[0] in cells(html) and "<u>rule</u>" in cells(html)
     assert HOSTILE[0] in text and HOSTILE[1] in text  # plain text shows them as they are
+
+
+def test_event_values_cannot_inject_headers_or_break_the_body(tmp_path: Path) -> None:
+    """CR, LF, NUL and MIME boundaries in event values stay inside the body, shown as escapes."""
+    events = make_events(berlin_period(), 20)
+    for e in events:
+        e["user"]["name"] = "x\r\nBcc: victim@example.com\r\n\r\n--=_tailmail_\x00"
+    day = make_day(tmp_path, events)
+    raw = build_report(day.inp)
+    msg = parse(raw)
+    assert msg["Bcc"] is None
+    assert not re.search(rb"^Bcc:", raw, re.M)
+    assert [p.get_content_type() for p in msg.walk()][-1] == "application/x-ndjson"
+    assert attachments(msg)[0].get_content() == day.content
+    text, html = bodies(msg)
+    shown = "x\\x0d\\x0aBcc: victim@example.com\\x0d\\x0a\\x0d\\x0a--=_tailmail_\\x00"
+    assert shown in " ".join(text.split()) and shown in html
 
 
 def test_html_has_no_scripts_or_external_resources(tmp_path: Path) -> None:
     """The HTML is self-contained: no script, no style sheet, no remote image or font."""
     _, html = bodies(parse(build_report(make_day(tmp_path).inp)))
-    assert not re.search(r"<(script|style|link|img|iframe|object)\b", html, re.I)
-    assert not re.search(r"(src|href)\s*=|url\(|@import", html, re.I)
+    assert not re.search(r"<(script|style|link|img|iframe|object|svg|form)\b", html, re.I)
+    assert not re.search(r"(src|href|background)\s*=|url\(|@import|@font-face", html, re.I)
+    assert not re.search(r"\son\w+\s*=", html, re.I), "no event handler attributes"
 
 
 def test_subject_fills_every_placeholder() -> None:
@@ -557,11 +775,17 @@ def test_plain_text_fits_80_columns(tmp_path: Path) -> None:
     events = make_events(berlin_period(), 40)
     for e in events:
         e["user"]["name"] = "x" * 300
+    long_rule = RuleProfile("a-very-long-rule-name-" * 5, "d" * 300, ("user.name",), lambda e: True)
     day = make_day(
         tmp_path,
         events,
-        stats={"per_rule": {"a-very-long-rule-name-" * 5: 40}},
+        rules=(long_rule,),
+        stats={
+            "per_rule": {long_rule.name: 40},
+            "files": {"k": {**FILE_RECEIPT, "path": "/very/long/path" * 20}},
+        },
         source_problems=("source app: " + "/very/long/path" * 20 + " is missing",),
+        notices=("n" * 400,),
     )
     text, _ = bodies(parse(build_report(day.inp)))
     too_long = [line for line in text.splitlines() if len(line) > 80]
@@ -574,7 +798,11 @@ def test_html_stays_small_with_many_rules_values_and_problems(tmp_path: Path) ->
     events = make_events(period, 300)
     for i, e in enumerate(events):
         e.update({f"f{k}": f"{k}-{i % 9}-" + "v" * 400 for k in range(12)})
-    rules = {f"rule-{i:03d}-" + "n" * 60: 300 - i for i in range(300)}
+    fields = tuple(f"f{k}" for k in range(12))
+    rules = tuple(
+        RuleProfile(f"rule-{i:03d}-" + "n" * 60, "d" * 200, fields, lambda e: True)
+        for i in range(300)
+    )
     problems = [
         {
             "source": "app",
@@ -588,55 +816,38 @@ def test_html_stays_small_with_many_rules_values_and_problems(tmp_path: Path) ->
     day = make_day(
         tmp_path,
         events,
+        rules=rules,
         stats={
-            "per_rule": rules,
+            "per_rule": {r.name: 300 - i for i, r in enumerate(rules)},
             "skipped": {f"reason-{i}": 5 for i in range(20)},
             "problems": problems,
+            "files": {f"k{i}": {**FILE_RECEIPT, "path": "/p" * 150} for i in range(30)},
         },
-        top_fields=tuple(f"f{k}" for k in range(12)),
         source_problems=tuple("source app: " + "x" * 500 for _ in range(40)),
         delivery_problems=tuple("delivery: " + "y" * 500 for _ in range(40)),
+        notices=tuple(f"notice {i}: " + "z" * 500 for i in range(40)),
     )
     text, html = bodies(parse(build_report(day.inp)))
-    assert len(html.encode()) < 100_000
+    assert len(html.encode()) <= HTML_BUDGET < 100_000
     for body in (text, html):
         assert "... and 260 more rules" in body
-        assert "... and 4 more fields not shown" in body
-        assert "... and 60 more problems not shown" in body
+        assert "... and 90 more problems not shown" in body
+        assert "... and 20 more files not shown" in body
+    assert "... and 292 more rules not shown" in text  # of 300 busy rules, 8 get top values
+    assert "The top values per rule are in the plain-text part of this email" in html
 
 
-def test_summarize_file_counts_hashes_and_tells_strings_from_numbers(tmp_path: Path) -> None:
-    """Lines, size and SHA-256 are of the file's bytes; "10" and 10 are different values."""
-    lines = [
-        b'{"n": 10}',
-        b'{"n": "10"}',
-        b'{"n": 10}',
-        b'{"n": null}',
-        b'{"n": {"a": [1, 2]}}',
-        b'{"m": 1}',
-    ]
-    path = tmp_path / "s.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    summary = summarize_file(path, ["n", "missing"])
-    assert summary.lines == 6
-    assert summary.size == path.stat().st_size
-    assert summary.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert summary.top_values["n"] == [("10", 2), ('"10"', 1), ("null", 1), ('{"a":[1,2]}', 1)]
-    assert summary.present == {"n": 5, "missing": 0}
-    assert summary.top_values["missing"] == []
-
-
-def test_summarize_file_caps_distinct_values_and_says_how_many_were_not_counted(
-    tmp_path: Path,
-) -> None:
-    """After MAX_DISTINCT distinct values a field counts no new ones; the shown counts stay exact."""
-    path = tmp_path / "s.jsonl"
-    with path.open("wb") as fh:
-        for i in range(MAX_DISTINCT):
-            fh.write(orjson.dumps({"id": f"id-{i}", "k": "common"}) + b"\n")
-        for _ in range(7):
-            fh.write(orjson.dumps({"id": "late", "k": "common"}) + b"\n")
-    summary = summarize_file(path, ["id", "k"])
-    assert summary.uncounted == {"id": 7, "k": 0}
-    assert summary.top_values["k"] == [("common", MAX_DISTINCT + 7)]
-    assert ("late", 7) not in summary.top_values["id"]
+def test_html_over_budget_shows_fewer_top_values_but_the_text_keeps_them(tmp_path: Path) -> None:
+    """Values that escape to four times their length would overflow the budget: the HTML lists
+    fewer of them (and fits), the plain text still lists them all."""
+    events = make_events(berlin_period(), 200)
+    for i, e in enumerate(events):
+        e.update({f"f{k}": f"{i % 5}" + "<&>" * 40 for k in range(4)})
+    fields = tuple(f"f{k}" for k in range(4))
+    rules = tuple(RuleProfile(f"rule-{i}", "<&>" * 40, fields, lambda e: True) for i in range(8))
+    day = make_day(tmp_path, events, rules=rules, stats={"per_rule": {r.name: 200 for r in rules}})
+    rendered = render_report(day.inp)
+    assert len(rendered.html.encode()) <= HTML_BUDGET
+    assert rendered.html.count("in 200 of 200 events") < 8 * 4
+    assert rendered.text.count("in 200 of 200 events") == 8 * 4
+    assert re.search(r"\.\.\. and [3-7] more rules not shown", rendered.html)

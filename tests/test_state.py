@@ -137,3 +137,59 @@ def test_period_stats_keep_a_capped_number_of_problems() -> None:
     assert len(stats.problems) == MAX_PROBLEMS
     assert stats.problems[-1] == {"n": MAX_PROBLEMS - 1}
     assert stats.skipped_total == 5
+
+
+def file_state(path: str = "/var/log/app/events.json", fingerprint: str = "ab" * 32) -> FileState:
+    return FileState("app", path, 2049, 77, fingerprint, 256, 0)
+
+
+def test_note_read_keeps_identity_and_one_growing_range_per_file() -> None:
+    """Reads that follow each other extend one byte range; identity and amounts are kept."""
+    stats = PeriodStats(start="2026-11-21T00:00:00+00:00")
+    state = file_state()
+    stats.note_read("app:2049:77", state, 1000, 5000, 40, 0)
+    stats.note_read("app:2049:77", state, 5000, 9000, 38, 2)
+    stats.note_read("app:2049:77", state, 9000, 9000, 0, 0)  # only a partial line: nothing
+    receipt = stats.files["app:2049:77"]
+    assert receipt["ranges"] == [[1000, 9000]]
+    assert (receipt["first_offset"], receipt["last_offset"]) == (1000, 9000)
+    assert (receipt["bytes"], receipt["lines"], receipt["skipped"]) == (8000, 78, 2)
+    assert (receipt["dev"], receipt["ino"], receipt["source"]) == (2049, 77, "app")
+    assert receipt["fingerprint"] == "ab" * 8 and receipt["fp_len"] == 256
+    assert receipt["truncations"] == 0 and receipt["names"] == ["/var/log/app/events.json"]
+
+
+def test_note_read_opens_a_range_after_a_truncation_and_records_renames() -> None:
+    """A read starting before the last one ended is a truncation; a new name is a rename."""
+    stats = PeriodStats(start="2026-11-21T00:00:00+00:00")
+    stats.note_read("k", file_state(), 0, 800, 8, 0)
+    stats.note_read("k", file_state(fingerprint="cd" * 32), 0, 100, 1, 0)
+    stats.note_read("k", file_state("/var/log/app/events.json.1"), 100, 300, 2, 0)
+    receipt = stats.files["k"]
+    assert receipt["ranges"] == [[0, 800], [0, 300]]
+    assert receipt["truncations"] == 1
+    assert receipt["names"] == ["/var/log/app/events.json", "/var/log/app/events.json.1"]
+    assert receipt["path"] == "/var/log/app/events.json.1"
+    assert receipt["bytes"] == 1100
+
+
+def test_note_read_keeps_its_lists_bounded() -> None:
+    """However often a file is truncated or renamed, the receipt keeps a few ranges and names."""
+    stats = PeriodStats(start="2026-11-21T00:00:00+00:00")
+    for i in range(100):
+        stats.note_read("k", file_state(f"/log/{i}"), 0, 10 + i, 1, 0)
+    receipt = stats.files["k"]
+    assert len(receipt["ranges"]) == 8 and receipt["ranges"][-1] == [0, 109]
+    assert receipt["ranges_dropped"] == 92
+    assert receipt["truncations"] == 99
+    assert receipt["names"] == ["/log/0", "/log/1", "/log/2", "/log/99"]
+    assert len(orjson.dumps(stats.to_dict())) < 2000
+
+
+def test_note_read_continues_a_receipt_written_by_an_older_version() -> None:
+    """A receipt from before ranges were kept is extended from its first and last offsets."""
+    stats = PeriodStats(start="2026-11-21T00:00:00+00:00")
+    stats.files["k"] = {"source": "app", "path": "/log/a", "first_offset": 0, "last_offset": 50}
+    stats.note_read("k", file_state("/log/a"), 50, 90, 1, 0)
+    assert stats.files["k"]["ranges"] == [[0, 90]]
+    assert stats.files["k"]["bytes"] == 90
