@@ -18,8 +18,7 @@ true) that a dictionary would blur.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
 from agent.match import Event, Predicate, TimeTest, field_getter
@@ -221,21 +220,3 @@ class Router:
         if self._may_repeat and len(found) > 1:
             return tuple(dict.fromkeys(found))
         return found
-
-
-def select(router: Router, event: Event, event_time: Callable[[], datetime]) -> list[Route]:
-    """The routes whose rule selects the event: the plain, unhurried form of what the pipeline's
-    hot loop does, for `test-rules` and tests."""
-    chosen: list[Route] = []
-    when_time: datetime | None = None
-    for route in router.candidates(event):
-        if not route[1](event):
-            continue
-        when = route[2]
-        if when is not None:
-            if when_time is None:
-                when_time = event_time()
-            if not when(when_time):
-                continue
-        chosen.append(route)
-    return chosen

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.routes import EQ, MEMO_LIMIT, PREFIX, Route, Router, select
+from agent.routes import EQ, MEMO_LIMIT, PREFIX, Route, Router
 from agent.rules import Rule, parse_rules
 from agent.yamlfile import parse_yaml
 
@@ -35,7 +35,13 @@ def router_of(rules: list[Rule]) -> Router:
 
 
 def chosen(router: Router, event: dict[str, Any]) -> list[int]:
-    return sorted(route[0] for route in select(router, event, lambda: datetime.now(UTC)))
+    """The rules that select the event, tried as the pipeline tries them: candidates only."""
+    now = datetime.now(UTC)
+    return sorted(
+        index
+        for index, match, when, _ in router.candidates(event)
+        if match(event) and (when is None or when(now))
+    )
 
 
 def linear(rules: list[Rule], event: dict[str, Any]) -> list[int]:
