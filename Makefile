@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak lint fmt clean
+.PHONY: run test soak lint fmt clean debian-tools deb test-deb
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,23 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check agent tests
 	$(BIN)/mypy
 
-test: lint
+test: lint debian-tools
 	$(BIN)/pytest
+
+# Debian tools that tests run for real (systemd-analyze); installed when missing, as root.
+debian-tools:
+	packaging/ensure-tools systemd-analyze:systemd
+
+# dist/tailmail_VERSION_ARCH.deb: the agent in its own venv, made with Debian's python3.11.
+deb: $(STAMP)
+	packaging/ensure-tools /usr/bin/python3.11:python3.11 dpkg-shlibdeps:dpkg-dev strip:binutils
+	PIP=$(BIN)/pip packaging/build-deb
+
+# Build the .deb, install it in a fresh Debian root (debootstrap + chroot), run its check and
+# demo, remove and purge it, and show what is left; lintian must find no error. Needs root.
+test-deb: deb
+	packaging/ensure-tools debootstrap:debootstrap lintian:lintian
+	packaging/test-deb dist/tailmail_*.deb
 
 # kill -9 the real agent 1,000 times while 1,000,000+ lines are written and rotated (see tests/soak.py)
 soak: $(STAMP)
@@ -32,4 +47,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix agent tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
