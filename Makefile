@@ -32,11 +32,13 @@ deb: $(STAMP)
 	packaging/ensure-tools /usr/bin/python3.11:python3.11 dpkg-shlibdeps:dpkg-dev strip:binutils
 	PIP=$(BIN)/pip packaging/build-deb
 
-# Build the .deb, install it in a fresh Debian root (debootstrap + chroot), run its check and
-# demo, remove and purge it, and show what is left; lintian must find no error. Needs root.
+# Build the .deb; lintian must find no error. Install it in a fresh Debian root (debootstrap +
+# chroot), run its check and demo, remove and purge it and show what is left (test-deb). Boot
+# such a root with systemd-nspawn and run the unit as shipped (test-service). Needs root.
 test-deb: deb
-	packaging/ensure-tools debootstrap:debootstrap lintian:lintian
+	packaging/ensure-tools debootstrap:debootstrap lintian:lintian systemd-nspawn:systemd-container
 	packaging/test-deb dist/tailmail_*.deb
+	packaging/test-service dist/tailmail_*.deb
 
 # kill -9 the real agent 1,000 times while 1,000,000+ lines are written and rotated (see tests/soak.py)
 soak: $(STAMP)
