@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak bench lint fmt clean chromium report-sample
+.PHONY: run test soak bench lint fmt clean debian-tools deb test-deb report-sample
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,24 +20,30 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check agent tests bench
 	$(BIN)/mypy
 
-test: lint chromium
+test: lint debian-tools
 	$(BIN)/pytest
 
-# The report's rendering test opens the HTML in Debian's chromium. Installed here when we can
-# (root, apt-get); otherwise that test skips with the reason, and fails under CI=true.
-chromium:
-	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing chromium for the report rendering test"; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends chromium >/dev/null \
-		|| { apt-get -o DPkg::Lock::Timeout=300 update >/dev/null \
-			&& apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends chromium >/dev/null; } \
-		|| echo "could not install chromium: the rendering test will say so"; \
-	fi
+# Debian tools that tests run for real: systemd-analyze for the units, chromium to render the
+# report. Installed when missing, as root; otherwise those tests skip (and fail under CI=true).
+debian-tools:
+	packaging/ensure-tools systemd-analyze:systemd chromium:chromium
 
 # docs/report.png, the README's picture of a report: a generated day rendered by chromium
-report-sample: $(STAMP) chromium
+report-sample: $(STAMP) debian-tools
 	cd tests && ../$(BIN)/python report_day.py ../docs/report.png
+
+# dist/tailmail_VERSION_ARCH.deb: the agent in its own venv, made with Debian's python3.11.
+deb: $(STAMP)
+	packaging/ensure-tools /usr/bin/python3.11:python3.11 dpkg-shlibdeps:dpkg-dev strip:binutils
+	PIP=$(BIN)/pip packaging/build-deb
+
+# Build the .deb; lintian must find no error. Install it in a fresh Debian root (debootstrap +
+# chroot), run its check and demo, remove and purge it and show what is left (test-deb). Boot
+# such a root with systemd-nspawn and run the unit as shipped (test-service). Needs root.
+test-deb: deb
+	packaging/ensure-tools debootstrap:debootstrap lintian:lintian systemd-nspawn:systemd-container
+	packaging/test-deb dist/tailmail_*.deb
+	packaging/test-service dist/tailmail_*.deb
 
 # kill -9 the real agent 1,000 times while 1,000,000+ lines are written and rotated (see tests/soak.py)
 soak: $(STAMP)
@@ -53,4 +59,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix agent tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist

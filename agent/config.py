@@ -142,14 +142,21 @@ def parse_duration(value: object) -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_env(text: str, env: Mapping[str, str]) -> str:
-    """Replace `${NAME}`; a missing variable raises KeyError(NAME)."""
+    """Replace `${NAME}`; a missing variable raises KeyError(NAME).
+
+    `${NAME:-default}` takes `default` when NAME is unset or empty, as in the shell. It lets one
+    config serve the service and an operator's shell: `${CREDENTIALS_DIRECTORY:-/etc/tailmail}`
+    is systemd's credential folder under the unit and the file it was loaded from elsewhere.
+    """
 
     def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
+        name, default = m.group(1), m.group(2)
+        if default is not None:
+            return env.get(name) or default
         if name not in env:
             raise KeyError(name)
         return env[name]

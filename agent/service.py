@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
 import signal
 import time
@@ -54,7 +55,11 @@ class Service:
         self._rescan = False
         self.watcher: Watcher | None = None
         self._status_at = -STATUS_SECONDS
-        self._heartbeat = time.monotonic()
+        # Liveness of the tail loop, for the watchdog: when it last came round (or last tried to
+        # commit after a write error), and whether it is now parked in a wait that ends by itself.
+        self._beat = time.monotonic()
+        self._parked = False
+        self._vital: list[asyncio.Task[None]] = []
         self.rulebook = RuleBook(
             config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
         )
@@ -85,10 +90,13 @@ class Service:
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [
+                self._vital = [
                     tg.create_task(self._tail()),
                     tg.create_task(self._timer()),
                     tg.create_task(self.sender.run()),
+                ]
+                tasks = [
+                    *self._vital,
                     tg.create_task(self._rules()),
                     tg.create_task(self._rescan_loop(watcher)),
                     tg.create_task(self._watchdog()),
@@ -110,7 +118,7 @@ class Service:
 
     async def _tail(self) -> None:
         while True:
-            self._heartbeat = time.monotonic()
+            self._beat = time.monotonic()
             self.data.clear()
             try:
                 if self._rescan:
@@ -126,7 +134,11 @@ class Service:
                 await asyncio.sleep(0)  # let the other tasks in between big batches
             else:
                 self._idle_status()
-                await self.data.wait()
+                self._parked = True
+                try:
+                    await self.data.wait()
+                finally:
+                    self._parked = False
 
     async def _recover_writes(self, exc: OSError) -> None:
         """The store or the state cannot be written (disk full, I/O error, permissions).
@@ -138,7 +150,12 @@ class Service:
         while True:
             log.error("pipeline.write_failed", error=str(exc), retry_in=backoff)
             self.notifier.status(f"cannot write: {exc}; retrying in {backoff:.0f} s")
-            await asyncio.sleep(backoff)
+            self._parked = True
+            try:
+                await asyncio.sleep(backoff)
+            finally:
+                self._parked = False
+            self._beat = time.monotonic()
             backoff = min(backoff * 2, BACKOFF_MAX)
             try:
                 self.pipeline.commit()
@@ -181,16 +198,43 @@ class Service:
             self.data.set()
 
     async def _watchdog(self) -> None:
+        """WATCHDOG=1 only while the pipeline is alive; otherwise systemd restarts the service.
+
+        Pumps, commits and rotations run on the event loop, so one that hangs in a system call
+        (a dead NFS server, a disk that stopped answering) blocks this task too and the pings
+        stop; no timer elsewhere pings for it. Between its own turns the check is explicit.
+        """
         interval = self.notifier.watchdog_interval
         if interval is None:
             return
+        withheld = False
         while True:
             await asyncio.sleep(interval)
-            # Ping only if the tail loop has come round recently or is idle and waiting: a loop
-            # stuck in a pump (or a blocked event loop) lets systemd restart us.
-            idle = not self.data.is_set()
-            if idle or time.monotonic() - self._heartbeat < 2 * interval:
+            if self.alive(within=interval):
                 self.notifier.watchdog()
+                withheld = False
+            elif not withheld:
+                withheld = True
+                log.error(
+                    "watchdog.withheld",
+                    since=round(time.monotonic() - self._beat, 1),
+                    hint="the tail loop stopped coming round; systemd will restart the service",
+                )
+
+    def alive(self, within: float) -> bool:
+        """The tail, rotation and delivery tasks are all running, and the tail loop came round
+        within `within` seconds or is parked in a wait that ends by itself.
+
+        A wait for new data is idle and healthy. So is the backoff between commit attempts after
+        a write error (disk full, I/O error, permissions): each attempt is a turn of the loop,
+        the error is logged and in STATUS, the lines read stay in memory, and the first commit
+        that works resumes reading. A restart would not free the disk, it would only read the
+        same lines again, every WatchdogSec, for as long as the disk is full. A commit attempt
+        that hangs instead of failing blocks the event loop and stops the pings.
+        """
+        if any(task.done() for task in self._vital):
+            return False
+        return self._parked or time.monotonic() - self._beat < within
 
     # ---- callbacks -------------------------------------------------------------------------
 
@@ -274,6 +318,9 @@ class Service:
 async def run(config_path: Path, config: Config) -> int:
     """The whole service: lock, serve (again after each SIGHUP), release."""
     notifier = Notifier()
+    # When the watchdog gives up on a hung service, systemd sends SIGABRT: print every thread's
+    # stack to stderr (the journal) before dying, to show where it hung.
+    faulthandler.enable()
     lock = StateLock(config.state_dir)
     await acquire(lock, within=10.0)
     loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,7 +57,13 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 class Agent:
     """`tailmail run` as a child process, with a real sd_notify socket to hear it."""
 
-    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        wrap: Sequence[str] = (),
+    ) -> None:
         self.config = config
         self.notify_path = workdir / f"notify-{time.monotonic_ns()}.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -67,7 +73,7 @@ class Agent:
         self.log_path = workdir / "agent.log"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "-c", str(config)],
+            [*wrap, sys.executable, "-m", "agent", "run", "-c", str(config)],
             stdout=self._log,
             stderr=self._log,
             env={**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **(env or {})},

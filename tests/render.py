@@ -8,31 +8,20 @@ must prove the rendering. PNG is read with zlib from the standard library.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from debian_tools import need
 
-CHROMIUM = "/usr/bin/chromium"
 TIMEOUT = 90.0  # a cold start on a loaded 2-core machine
 
 
 def require_chromium() -> str:
     """The chromium binary; without it, skip (fail under CI=true) saying how to get it."""
-    found = CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
-    if found:
-        return found
-    reason = (
-        "chromium is not installed: the report rendering test needs Debian's chromium package "
-        "(`apt-get install --no-install-recommends chromium`, which `make test` does as root)"
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    return need("chromium", "chromium")
 
 
 def screenshot(page: Path, png: Path, width: int, height: int, trim: bool = False) -> None:

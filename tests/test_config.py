@@ -271,6 +271,34 @@ def test_environment_variables_expand_everywhere(tmp_path: Path) -> None:
     assert config.smtp.retry_for == 2 * 86400.0
 
 
+def test_environment_default_applies_when_unset_or_empty(tmp_path: Path) -> None:
+    """${NAME:-default} is NAME when set and not empty, else the default; as in the shell."""
+    text = config_text(
+        sources="  - name: app\n    path: ${LOGDIR:-/var/log/app}/events.json\n",
+        reports="  - name: daily\n    store: ${STORE_DIR:-/srv/store}/daily.jsonl\n    to: ${TO:-}ops@example.com\n",
+    )
+    config = load(tmp_path, text, {"LOGDIR": "/srv/logs", "STORE_DIR": ""})
+    assert config.sources[0].path == "/srv/logs/events.json"
+    assert config.reports[0].store == Path("/srv/store/daily.jsonl")
+    assert config.reports[0].to == ("ops@example.com",)
+
+
+def test_credentials_directory_with_a_fallback_for_the_shell(tmp_path: Path) -> None:
+    """The packaged config's password_file reads systemd's credential under the unit and the
+    source file from an operator's shell."""
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "smtp-password").write_text("from-systemd\n", encoding="utf-8")
+    (tmp_path / "smtp-password").write_text("from-etc\n", encoding="utf-8")
+    smtp = SMTP + (
+        "  username: tailmail@example.com\n"
+        f"  password_file: ${{CREDENTIALS_DIRECTORY:-{tmp_path}}}/smtp-password\n"
+    )
+    text = config_text(smtp=smtp)
+    under_unit = load(tmp_path, text, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})
+    assert under_unit.smtp.password == "from-systemd"
+    assert load(tmp_path, text, {}).smtp.password == "from-etc"
+
+
 def test_password_from_environment(tmp_path: Path) -> None:
     """password: ${SMTP_PASSWORD} takes the password from the environment."""
     smtp = SMTP + "  username: tailmail@example.com\n  password: ${SMTP_PASSWORD}\n"

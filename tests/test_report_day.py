@@ -312,13 +312,12 @@ def test_without_chromium_the_rendering_test_skips_but_fails_under_ci(
     """Chromium missing: a visible skip on a developer's machine, a failure when CI=true."""
     import render
 
-    monkeypatch.setattr(render, "CHROMIUM", "/nonexistent/chromium")
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="chromium is not installed"):
+    with pytest.raises(pytest.skip.Exception, match="chromium not found: install Debian's chromium"):
         render.require_chromium()
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+    with pytest.raises(pytest.fail.Exception, match="chromium not found: install Debian's chromium"):
         render.require_chromium()
 
 
