@@ -482,12 +482,15 @@ def field_getter(path: str) -> Callable[[Event], Any]:
 
 @dataclass(frozen=True, slots=True)
 class _Test:
-    """One compiled operator: its value test, its answer for a missing field, and the string
-    it compares with when it is a plain `eq` (which compiles to a single dict lookup)."""
+    """One compiled operator: its value test, its answer for a missing field, the string it
+    compares with when it is a plain `eq` (which compiles to a single dict lookup), and for the
+    commonest string tests a builder of one closure that reads a top-level field and tests it:
+    one call per event instead of two."""
 
     test: ValueTest
     on_missing: bool = False
     equals_str: str | None = None
+    fused: Callable[[str], Predicate] | None = None
 
 
 def _field_predicate(path: str, tests: list[_Test]) -> Predicate:
@@ -504,6 +507,8 @@ def _field_predicate(path: str, tests: list[_Test]) -> Predicate:
                 return v == s
 
             return equals
+        if len(tests) == 1 and tests[0].fused is not None:
+            return tests[0].fused(key)
         if on_missing:
 
             def test_or_missing(ev: Event) -> bool:
@@ -752,6 +757,17 @@ class Compiler:
             self.problem(line, f"{op}: a {exc} is not a JSON value")
             return None
         test = _member_test(values)
+        if op == "in" and all(type(x) is str for x in values):
+            strings = frozenset(values)
+
+            def fuse_in(key: str) -> Predicate:
+                def field_in(ev: Event) -> bool:
+                    v = ev.get(key)
+                    return type(v) is str and v in strings
+
+                return field_in
+
+            return _Test(test, fused=fuse_in)
         return _Test(test) if op == "in" else _Test(_negate_value(test), on_missing=True)
 
     def affix(self, op: str, operand: Any, line: int) -> _Test | None:
@@ -770,12 +786,26 @@ class Compiler:
             def starts(v: Any) -> bool:
                 return type(v) is str and v.startswith(affixes)
 
-            return _Test(starts)
+            def fuse_starts(key: str) -> Predicate:
+                def field_starts(ev: Event) -> bool:
+                    v = ev.get(key)
+                    return type(v) is str and v.startswith(affixes)
+
+                return field_starts
+
+            return _Test(starts, fused=fuse_starts)
 
         def ends(v: Any) -> bool:
             return type(v) is str and v.endswith(affixes)
 
-        return _Test(ends)
+        def fuse_ends(key: str) -> Predicate:
+            def field_ends(ev: Event) -> bool:
+                v = ev.get(key)
+                return type(v) is str and v.endswith(affixes)
+
+            return field_ends
+
+        return _Test(ends, fused=fuse_ends)
 
     def pattern(self, op: str, value: Any, line: int) -> _Test | None:
         if not isinstance(value, str):

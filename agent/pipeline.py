@@ -65,6 +65,19 @@ def report_id(report: str, start: datetime) -> str:
     return f"{report}-{utc:%Y%m%dT%H%M%SZ}{micro}"
 
 
+def _indexes(lines: list[bytes], bad: list[bytes]) -> list[int]:
+    """Where the bad lines are in `lines`, looked up only for a chunk that has any, so that the
+    hot loop need not count. The first line equal to the next bad one, after the previous bad
+    one, is that line: an equal line in between would be bad too, and listed in between."""
+    found: list[int] = []
+    at = 0
+    for line in bad:
+        at = lines.index(line, at)  # compares in C; lines of other lengths are skipped at once
+        found.append(at)
+        at += 1
+    return found
+
+
 def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat()
 
@@ -216,33 +229,16 @@ class Pipeline:
         """The hot path: every line of the chunk through the rules, selected lines to stores."""
         reports = self.config.reports
         router = self._routers[tailer.config.name]
-        candidates = router.candidates
-        simple = router.simple is not None
-        key, table = router.simple if router.simple is not None else ("", {})
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
         selected: list[list[bytes]] = [[] for _ in reports]
         rule_hits = [0] * len(self._rules)
         times: list[list[datetime]] = [[] for _ in reports]
         time_field = tailer.config.time_field
-        bad: list[tuple[int, bytes]] = []
-        for index, line in enumerate(chunk.lines):
-            try:
-                event = loads(line)
-            except decode_error:
-                bad.append((index, line))
-                continue
-            if type(event) is not dict:
-                bad.append((index, line))
-                continue
-            found: Sequence[Route] | None
-            if simple:
-                value = event.get(key)
-                found = table.get(value) if type(value) is str else None
-            else:
-                found = candidates(event)
-            if not found:
-                continue
+        bad: list[bytes] = []  # the bad lines themselves; _account finds where they are
+
+        def pick(event: dict[str, Any], found: Sequence[Route], line: bytes) -> None:
+            """Try the candidate routes on one event; store the line for the reports it feeds."""
             hit: set[int] | tuple[int, ...] = ()
             when_time: datetime | None = None
             for rule_index, match, when, reps in found:
@@ -262,6 +258,41 @@ class Pipeline:
                 for j in hit:
                     selected[j].append(line)
                     times[j].append(t)
+
+        if router.simple is not None:
+            # One indexed top-level field, looked up inline: the loop is the program here, so
+            # every bytecode counts. A value that is not a string finds nothing (the table's
+            # keys are strings); an unhashable one (a list, an object) raises TypeError; a JSON
+            # value that is not an object has no .get.
+            key, table = router.simple
+            for line in chunk.lines:
+                try:
+                    event = loads(line)
+                    found = table.get(event.get(key))
+                except decode_error:
+                    bad.append(line)
+                    continue
+                except AttributeError:
+                    bad.append(line)  # valid JSON, but not an object
+                    continue
+                except TypeError:
+                    continue  # no rule is keyed by a list or an object
+                if found is not None:
+                    pick(event, found, line)
+        else:
+            candidates = router.candidates
+            for line in chunk.lines:
+                try:
+                    event = loads(line)
+                except decode_error:
+                    bad.append(line)
+                    continue
+                if type(event) is not dict:
+                    bad.append(line)
+                    continue
+                routes = candidates(event)
+                if routes:
+                    pick(event, routes, line)
         self._account(tailer, tailed, chunk, selected, times, rule_hits, bad)
 
     def _event_time(self, event: dict[str, Any], time_field: str | None) -> datetime:
@@ -279,14 +310,14 @@ class Pipeline:
         selected: list[list[bytes]],
         times: list[list[datetime]],
         rule_hits: list[int],
-        bad: list[tuple[int, bytes]],
+        bad: list[bytes],
     ) -> None:
         """Per-chunk bookkeeping: figures, problems and the stores' pending lines."""
         source = tailer.config.name
         path = tailed.state.path
         reasons: list[tuple[str, int, str]] = []
         positions = Positions(chunk)
-        for index, line in bad:
+        for index, line in zip(_indexes(chunk.lines, bad), bad, strict=True):
             reason = TOO_LONG if index in chunk.long else classify(line)[0]
             reasons.append((reason, positions.at(index), sample(line)))
         reasons.extend((TOO_LONG, offset, "") for offset in chunk.too_long)

@@ -594,7 +594,7 @@ def main() -> int:
     ap.add_argument(
         "--big-lines", type=int, default=5_000_000, help="for the memory scenario; 0: skip"
     )
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--rules", default="10,100,1000")
     ap.add_argument("--only", default="catch-up,live,idle,rules,memory")

@@ -314,10 +314,14 @@ def test_without_chromium_the_rendering_test_skips_but_fails_under_ci(
 
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="chromium not found: install Debian's chromium"):
+    with pytest.raises(
+        pytest.skip.Exception, match="chromium not found: install Debian's chromium"
+    ):
         render.require_chromium()
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="chromium not found: install Debian's chromium"):
+    with pytest.raises(
+        pytest.fail.Exception, match="chromium not found: install Debian's chromium"
+    ):
         render.require_chromium()
 
 
