@@ -29,14 +29,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 
 from agent.config import SmtpConfig
-from agent.mail import DeliveryResult, SmtpFailure, deliver
 from agent.state import fsync_dir, write_atomic
+
+if TYPE_CHECKING:
+    from agent.mail import DeliveryResult, SmtpFailure
 
 log = structlog.get_logger("tailmail.mail")
 
@@ -477,6 +479,9 @@ class Sender:
         pending: list[str],
         on_accepted: Callable[[DeliveryResult], None],
     ) -> tuple[SmtpFailure | None, DeliveryResult | None]:
+        # Imported at the first delivery: aiosmtplib, ssl and email are not needed to start.
+        from agent.mail import SmtpFailure, deliver
+
         if not pending:  # everything was settled before a crash: only completion is left
             return None, None
         try:

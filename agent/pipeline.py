@@ -277,7 +277,18 @@ class Pipeline:
                     continue
                 except TypeError:
                     continue  # no rule is keyed by a list or an object
-                if found is not None:
+                if found is None:
+                    continue
+                if len(found) == 1 and found[0][2] is None:
+                    # The usual case, inline: one candidate rule without a `when` window.
+                    rule_index, match, _, reps = found[0]
+                    if match(event):
+                        rule_hits[rule_index] += 1
+                        t = self._event_time(event, time_field)
+                        for j in reps:
+                            selected[j].append(line)
+                            times[j].append(t)
+                else:
                     pick(event, found, line)
         else:
             candidates = router.candidates
