@@ -146,15 +146,6 @@ def message_id(outbox_id: str) -> str:
 
 
 @pytest.fixture
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.kill()
-
-
-@pytest.fixture
 def down_port() -> Iterator[socket.socket]:
     """A loopback port where the SMTP server is down (refused), to be started later on it."""
     sock = bind_port()

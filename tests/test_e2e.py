@@ -7,7 +7,7 @@ import email.policy
 import gzip
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -130,15 +130,6 @@ def attachment_lines(msg: EmailMessage) -> list[bytes]:
 def caught_up(tmp_path: Path, path: Path) -> bool:
     result = tailmail("status", "-c", str(tmp_path / "config.yaml"))
     return f"{path}: offset {path.stat().st_size}, 0 bytes behind" in result.stdout
-
-
-@pytest.fixture
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.kill()
 
 
 def test_selected_lines_arrive_as_the_attachment(

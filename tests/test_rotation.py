@@ -38,15 +38,6 @@ from rotation_world import (
 
 
 @pytest.fixture
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.kill()
-
-
-@pytest.fixture
 def writers() -> Iterator[list[Writer]]:
     made: list[Writer] = []
     yield made

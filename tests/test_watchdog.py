@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 from agent_proc import DEADLINE, Agent, wait_for, write_config
 
 WATCHDOG_SEC = 2.0  # WatchdogSec=2s: the agent pings every second
 TMP_CHECKPOINT = ".checkpoint.json.tmp"  # what agent/state.py write_atomic opens for writing
-
-
-@pytest.fixture
-def agents() -> Iterator[list[Agent]]:
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            agent.kill()
-        agent.close()
 
 
 def start(tmp_path: Path, agents: list[Agent], closed_port: int) -> Agent:
