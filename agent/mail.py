@@ -540,28 +540,40 @@ class _Session:
 
     async def close(self, polite: bool) -> None:
         """QUIT (when `polite`), close, and wait a moment for the connection to be gone, so
-        that a TLS close_notify exchange finishes instead of being cut off by the caller."""
+        that a TLS close_notify exchange finishes instead of being cut off by the caller.
+        Cancelled meanwhile (the service stopping), it drops the connection at once."""
         client = self.client
         if client is None:
             return
         protocol = client.protocol
         try:
-            if polite and client.is_connected:
-                await client.quit(timeout=min(self.smtp.timeout, 5.0))
-        except (SMTPException, OSError, TimeoutError):
-            pass  # a slow or rude goodbye never fails a delivery
-        finally:
-            client.close()
-        if protocol is not None:
-            # SMTPProtocol.transport turns None in connection_lost, after the socket closed.
-            # aiosmtplib offers no event for that, hence the short, bounded poll.
-            deadline = time.monotonic() + min(self.smtp.timeout, 2.0)
-            while protocol.transport is not None and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.005)
+            try:
+                if polite and client.is_connected:
+                    await client.quit(timeout=min(self.smtp.timeout, 5.0))
+            except (SMTPException, OSError, TimeoutError):
+                pass  # a slow or rude goodbye never fails a delivery
+            finally:
+                client.close()
+            if protocol is not None:
+                # SMTPProtocol.transport turns None in connection_lost, after the socket closed.
+                # aiosmtplib offers no event for that, hence the short, bounded poll.
+                deadline = time.monotonic() + min(self.smtp.timeout, 2.0)
+                while protocol.transport is not None and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+        except asyncio.CancelledError:
+            if protocol is not None:
+                _abort(protocol.transport)
+            raise
 
     def abort(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        """Drop the connection without a goodbye. A TLS transport's close() would wait for the
+        server's close_notify, and the loop may stop before it comes: the socket would leak."""
+        client = self.client
+        if client is None:
+            return
+        transport = client.transport
+        client.close()
+        _abort(transport)
 
     # -- helpers --
 
@@ -740,6 +752,11 @@ def _refused(error: OSError | None) -> bool:
 
 def _message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, SMTPException) else str(exc)
+
+
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    if isinstance(transport, asyncio.Transport):
+        transport.abort()
 
 
 def _reply(response: aiosmtplib.SMTPResponse) -> str:

@@ -204,6 +204,32 @@ async def test_cancelled_delivery_leaves_nothing_open(silent_port: int) -> None:
         await asyncio.wait_for(deliver(smtp, MESSAGE, ["ops@example.com"]), 0.2)
 
 
+@pytest.mark.parametrize("tls", ["starttls", "ssl"])
+async def test_cancelled_goodbye_drops_the_connection_at_once(
+    smtp_server: StartServer, tls: str
+) -> None:
+    """A sender cancelled after the server took the message (the service stopping) drops the
+    TLS connection at once: a polite close would wait for the server's close_notify, and a loop
+    that stops meanwhile leaves the socket open."""
+    server = smtp_server(tls=tls)
+    session = mail._Session(server.config(), None)
+    sockets = []
+
+    def accepted(result: DeliveryResult) -> None:
+        assert session.client is not None and session.client.transport is not None
+        sockets.append(session.client.transport.get_extra_info("socket"))
+        task.cancel()  # lands in the QUIT that follows
+
+    task = asyncio.create_task(session.run(MESSAGE, ["ops@example.com"], accepted))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(3):  # no waiting on the server: a few turns of the loop are enough
+        await asyncio.sleep(0)
+    [sock] = sockets
+    assert sock.fileno() == -1
+    assert len(server.messages) == 1
+
+
 async def test_a_swallowed_cancellation_is_raised_again() -> None:
     """A cancel that asyncio.wait_for (3.11) dropped because the reply came at the same time is
     raised again, so a stopping sender does not carry on to the next command or wait forever."""
