@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import os
 import signal
 import time
@@ -81,6 +82,11 @@ class Service:
             log.warning(
                 "smtp.tls_unverified", host=self.config.smtp.host, hint="verify_tls is false"
             )
+        if not gc.get_freeze_count():
+            # What the first start built (modules, config, rules) lives as long as the process:
+            # out of the collector's generations, it is not scanned again and again while
+            # catching up. Only once: a reload's leftovers stay collectable.
+            gc.freeze()
         self.notifier.ready(self._status())
         log.info(
             "service.started",

@@ -55,23 +55,29 @@ class ReportStore:
     def add(self, lines: list[bytes]) -> None:
         self.pending.extend(lines)
 
+    def write(self) -> None:
+        """Append the pending lines; they are durable only after the next flush. On error they
+        stay pending, and the part that was written is cut off before the next attempt."""
+        if not self.pending:
+            return
+        if self._damaged:
+            os.ftruncate(self.fd, self.size)
+            self._damaged = False
+        data = b"\n".join(self.pending) + b"\n"
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError:
+            self._damaged = True
+            raise
+        self.size += len(data)
+        self.pending.clear()
+        self._unsynced = True
+
     def flush(self) -> None:
         """Write the pending lines and make them durable; on error keep them pending."""
-        if self.pending:
-            if self._damaged:
-                os.ftruncate(self.fd, self.size)
-                self._damaged = False
-            data = b"\n".join(self.pending) + b"\n"
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(self.fd, view) :]
-            except OSError:
-                self._damaged = True
-                raise
-            self.size += len(data)
-            self.pending.clear()
-            self._unsynced = True
+        self.write()
         if self._unsynced:
             # The store's bytes must be on disk before the checkpoint that counts them is.
             os.fdatasync(self.fd)

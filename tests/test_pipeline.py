@@ -11,6 +11,7 @@ import orjson
 import pytest
 from mailview import bodies, parse
 
+from agent import pipeline as pipeline_module
 from agent.config import Config, ReportConfig, SmtpConfig, SourceConfig
 from agent.outbox import Outbox
 from agent.pipeline import Pipeline
@@ -277,6 +278,39 @@ def test_uncommitted_store_tail_is_cut_and_stored_again_once(tmp_path: Path, clo
     pipeline = open_pipeline(cfg, clock)
     drain(pipeline)
     assert store.read_bytes().splitlines() == lines
+    pipeline.close()
+
+
+def test_catching_up_commits_in_batches_and_a_crash_in_between_redoes_the_lines_once(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pump that stops short of the end writes the store but commits only every COMMIT_BYTES:
+    a crash in between trims the store to the checkpoint and reads those lines again, once."""
+    monkeypatch.setattr(pipeline_module, "COMMIT_BYTES", 1_500_000)  # between 1 and 2 reads
+    monkeypatch.setattr(pipeline_module, "COMMIT_SECONDS", 3600.0)
+    cfg = make(tmp_path)
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    lines = write(tmp_path / "logs" / "a.json", *({"n": n, "pad": "x" * 90} for n in range(30_000)))
+    store = tmp_path / "store" / "daily.jsonl"
+
+    def committed() -> int:
+        return load_checkpoint(cfg.state_dir).reports["daily"].store_size
+
+    pipeline = open_pipeline(cfg, clock)
+    pipeline.rescan()
+    assert pipeline.pump(budget=1)  # one read of 1 MiB: written, not yet counted
+    assert store.stat().st_size > 0 and committed() == 0
+    assert pipeline.pump(budget=1)  # 2 reads: committed
+    assert committed() == store.stat().st_size > 0
+    assert pipeline.pump(budget=1)
+    assert store.stat().st_size > committed()
+    pipeline.close()  # a crash: no commit
+
+    pipeline = open_pipeline(cfg, clock)
+    assert store.stat().st_size == committed()  # the uncounted tail was cut
+    drain(pipeline)
+    assert store.read_bytes().splitlines() == lines
+    assert committed() == store.stat().st_size  # the end of the file commits at once
     pipeline.close()
 
 
