@@ -242,7 +242,7 @@ class Pipeline:
                     j for j, n in enumerate(names) if rule.reports is None or n in rule.reports
                 )
                 if reps:
-                    routes.append((i, rule.match, rule.when, reps))
+                    routes.append((i, rule.test, rule.when, reps))
                     keys.append(rule.key)
             self._routers[src.name] = Router(routes, keys)
 
@@ -262,8 +262,8 @@ class Pipeline:
             """Try the candidate routes on one event; store the line for the reports it feeds."""
             hit: set[int] | tuple[int, ...] = ()
             when_time: datetime | None = None
-            for rule_index, match, when, reps in found:
-                if match(event):
+            for rule_index, test, when, reps in found:
+                if test is None or test(event):
                     if when is not None:
                         if when_time is None:
                             when_time = self._event_time(event, time_field)
@@ -302,8 +302,8 @@ class Pipeline:
                     continue
                 if len(found) == 1 and found[0][2] is None:
                     # The usual case, inline: one candidate rule without a `when` window.
-                    rule_index, match, _, reps = found[0]
-                    if match(event):
+                    rule_index, test, _, reps = found[0]
+                    if test is None or test(event):
                         rule_hits[rule_index] += 1
                         t = self._event_time(event, time_field)
                         for j in reps:

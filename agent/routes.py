@@ -32,8 +32,9 @@ PREFIX = "prefix"
 Alternative = tuple[str, str, str]
 Key = frozenset[Alternative]
 
-# One compiled route: rule index, match, when, the indexes of the reports it feeds.
-Route = tuple[int, Predicate, TimeTest | None, tuple[int, ...]]
+# One compiled route: rule index, test, when, the indexes of the reports it feeds. The test is
+# what a candidate must still pass (the rule's residual for a keyed route); None: nothing.
+Route = tuple[int, Predicate | None, TimeTest | None, tuple[int, ...]]
 
 
 # --- keys: what a condition requires -----------------------------------------------------------
@@ -84,6 +85,63 @@ def _field(path: str, ops: dict[str, Any]) -> Key | None:
             if items and all(type(x) is str for x in items):
                 keys.append(frozenset((path, PREFIX, x) for x in items))
     return _best(keys)
+
+
+# --- residuals: what a candidate found by its key must still pass ------------------------------
+
+NOTHING_LEFT = Map()  # the key was the whole condition: a candidate is selected as found
+
+
+def residual(node: Any, key: Key) -> Map | None:
+    """The `match:` node without the one condition that is `key` exactly, or None if no such
+    condition can be taken out (the whole node is then tested).
+
+    A candidate found through its key's strings satisfies that condition already: testing it
+    again would only cost a call per event. Exactly means one field, one operator, the same
+    strings: `level: error`, `level: {in: [error, warning]}`, `event: {startswith: login.}`,
+    at the top of the mapping or as an item of its `all:` list. NOTHING_LEFT when no other
+    condition remains.
+    """
+    if not isinstance(node, Map) or "field" in node:
+        return None
+    for name, value in node.items():
+        if _is_exactly(name, value, key):
+            return _without(node, name)
+    if isinstance(node.get("all"), Seq):
+        items: Seq = node["all"]
+        for index, item in enumerate(items):
+            if isinstance(item, Map) and len(item) == 1 and "field" not in item:
+                [(name, value)] = item.items()
+                if _is_exactly(name, value, key):
+                    rest = Seq(x for i, x in enumerate(items) if i != index)
+                    rest.line = items.line
+                    rest.item_lines = [n for i, n in enumerate(items.item_lines) if i != index]
+                    return _with(node, "all", rest) if rest else _without(node, "all")
+    return None
+
+
+def _is_exactly(name: str, value: Any, key: Key) -> bool:
+    if name in ("all", "any", "not", "field"):
+        return False
+    if isinstance(value, Map):
+        if len(value) != 1 or next(iter(value)) not in ("eq", "in", "startswith"):
+            return False
+        return _field(name, dict(value.items())) == key
+    return type(value) is str and _field(name, {"eq": value}) == key
+
+
+def _without(node: Map, name: str) -> Map:
+    rest = Map((k, v) for k, v in node.items() if k != name)
+    rest.line = node.line
+    rest.key_lines = node.key_lines
+    return rest if rest else NOTHING_LEFT
+
+
+def _with(node: Map, name: str, value: Any) -> Map:
+    changed = Map((k, value if k == name else v) for k, v in node.items())
+    changed.line = node.line
+    changed.key_lines = node.key_lines
+    return changed
 
 
 def _union(keys: Sequence[Key | None]) -> Key | None:

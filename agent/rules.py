@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.match import Compiler, Predicate, TimeTest, compile_when, describe, suggest
-from agent.routes import Key, rule_key
+from agent.routes import NOTHING_LEFT, Key, residual, rule_key
 from agent.yamlfile import Map, Problem, Seq, load_yaml, parse_yaml
 
 
@@ -41,6 +41,14 @@ class Rule:
     when: TimeTest | None  # takes the event time, aware (a naive one is taken as UTC)
     fields: tuple[str, ...]  # field paths the condition reads, first-use order
     key: Key | None = None  # the strings one of which it requires (see agent.routes), if any
+    # What a candidate found through `key` must still pass: `match` without the condition the
+    # key stands for; None when that was all of it. Used only with a key.
+    residual: Predicate | None = None
+
+    @property
+    def test(self) -> Predicate | None:
+        """What the router's candidate must pass: the residual if keyed, else the match."""
+        return self.residual if self.key is not None else self.match
 
 
 RULE_KEYS: Final = ("name", "description", "enabled", "sources", "reports", "match", "when")
@@ -141,6 +149,7 @@ def _rule(
         when = compile_when(c, m["when"], m.line_of("when"))
     if len(problems) > before or match is None or name is None:
         return None
+    key = rule_key(m["match"])
     rule = Rule(
         name=name,
         description=str(description),
@@ -152,9 +161,23 @@ def _rule(
         match=match,
         when=when,
         fields=tuple(c.fields),
-        key=rule_key(m["match"]),
+        key=key,
+        residual=_residual(file, m, key, match),
     )
     return rule, name_line
+
+
+def _residual(file: str, m: Map, key: Key | None, match: Predicate) -> Predicate | None:
+    if key is None:
+        return None
+    rest = residual(m["match"], key)
+    if rest is NOTHING_LEFT:
+        return None
+    if rest is None:
+        return match
+    problems: list[Problem] = []
+    test = Compiler(file, problems).condition(rest, m.line_of("match"), "match")
+    return test if test is not None and not problems else match  # a part of a valid condition
 
 
 def _parse(

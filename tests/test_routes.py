@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.routes import EQ, MEMO_LIMIT, PREFIX, Route, Router
+from agent.routes import EQ, MEMO_LIMIT, NOTHING_LEFT, PREFIX, Route, Router, residual
 from agent.rules import Rule, parse_rules
 from agent.yamlfile import parse_yaml
 
@@ -30,7 +30,7 @@ def key_of(match: Any) -> Any:
 
 
 def router_of(rules: list[Rule]) -> Router:
-    routes: list[Route] = [(i, r.match, r.when, (0,)) for i, r in enumerate(rules)]
+    routes: list[Route] = [(i, r.test, r.when, (0,)) for i, r in enumerate(rules)]
     return Router(routes, [r.key for r in rules])
 
 
@@ -39,8 +39,8 @@ def chosen(router: Router, event: dict[str, Any]) -> list[int]:
     now = datetime.now(UTC)
     return sorted(
         index
-        for index, match, when, _ in router.candidates(event)
-        if match(event) and (when is None or when(now))
+        for index, test, when, _ in router.candidates(event)
+        if (test is None or test(event)) and (when is None or when(now))
     )
 
 
@@ -169,6 +169,71 @@ def test_the_pipeline_shortcut_applies_only_to_one_top_level_equality_field() ->
     assert router_of(rules_from({"level": "error"}, {"event": "x"})).simple is None
     assert router_of(rules_from({"level": "error"}, {"status": 500})).simple is None
     assert router_of(rules_from({"event": {"startswith": "x"}})).simple is None
+
+
+# --- residuals ---------------------------------------------------------------------------------
+
+LOGIN = {"event": {"startswith": "login."}}
+LEVELS = {"level": {"in": ["error", "warning"]}}
+
+
+def residual_of(match: Any) -> Any:
+    text = json.dumps({"match": match})
+    data, problems = parse_yaml(text, "rules.yaml")
+    assert not problems
+    key = key_of(match)
+    assert key is not None
+    rest = residual(data["match"], key)
+    return (
+        "nothing"
+        if rest is NOTHING_LEFT
+        else None
+        if rest is None
+        else json.loads(json.dumps(rest))
+    )
+
+
+@pytest.mark.parametrize(
+    ("match", "rest"),
+    [
+        ({"level": "error"}, "nothing"),
+        ({"level": {"eq": "error"}}, "nothing"),
+        (LEVELS, "nothing"),
+        ({**LEVELS, **LOGIN}, LOGIN),  # the longer literal is the key
+        ({"all": [LEVELS, LOGIN]}, {"all": [LOGIN]}),
+        ({"all": [LOGIN, {"level": "error"}]}, {"all": [LOGIN]}),
+        ({"all": [{"level": "error"}], "user": {"exists": True}}, {"user": {"exists": True}}),
+        ({"a": {"eq": "x"}, "b": {"eq": "yyyy"}}, {"a": {"eq": "x"}}),  # not the first one
+        ({"b": {"startswith": "xy", "ne": "xyz"}}, None),  # two operators: tested whole
+        ({"any": [{"a": "x"}, {"a": "y"}]}, None),
+        ({"field": "all", "eq": "xyz"}, None),
+        ({"all": [{"a": "x", "b": {"gte": 1}}]}, None),  # inside a mapping of two conditions
+    ],
+)
+def test_the_residual_drops_exactly_the_condition_the_key_stands_for(match: Any, rest: Any) -> None:
+    assert residual_of(match) == rest
+
+
+@pytest.mark.parametrize(
+    ("match", "selected", "not_selected"),
+    [
+        ({"a": {"eq": "x"}, "b": {"eq": "yyyy"}}, {"a": "x", "b": "yyyy"}, {"a": "z", "b": "yyyy"}),
+        ({"b": {"startswith": "xy", "ne": "xyz"}}, {"b": "xyw"}, {"b": "xyz"}),
+        (
+            {"all": [LEVELS, LOGIN]},
+            {"level": "error", "event": "login.x"},
+            {"level": "error", "event": "x"},
+        ),
+        ({"level": "error"}, {"level": "error"}, {"level": "errors"}),
+    ],
+)
+def test_a_candidate_still_passes_the_rest_of_its_rule(
+    match: Any, selected: dict[str, Any], not_selected: dict[str, Any]
+) -> None:
+    rules = rules_from(match)
+    router = router_of(rules)
+    assert chosen(router, selected) == linear(rules, selected) == [0]
+    assert chosen(router, not_selected) == linear(rules, not_selected) == []
 
 
 # --- the same answer as trying every rule ------------------------------------------------------
