@@ -8,8 +8,9 @@ newline. Classifying a bad line (why it failed) happens only on the error path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import orjson
@@ -183,3 +184,29 @@ def event_time(value: Any, default_tz: Any = UTC) -> datetime | None:
         except (OverflowError, OSError, ValueError):
             return None
     return None
+
+
+def time_reader(
+    time_field: str | None, default_tz: tzinfo, fallback: Callable[[], datetime]
+) -> Callable[[dict[str, Any]], datetime]:
+    """`event -> its time`: event_time of the `time_field` value, else `fallback()` (arrival).
+
+    The same answer as event_time, in one call per selected event: the ISO text that logs
+    mostly carry is parsed here rather than through a second function.
+    """
+    if time_field is None:
+        return lambda event: fallback()
+    fromisoformat = datetime.fromisoformat
+
+    def read(event: dict[str, Any]) -> datetime:
+        value = event.get(time_field)
+        if type(value) is str:
+            try:
+                t = fromisoformat(value)
+            except ValueError:
+                return fallback()
+            return t if t.tzinfo is not None else t.replace(tzinfo=default_tz)
+        other = event_time(value, default_tz)
+        return other if other is not None else fallback()
+
+    return read

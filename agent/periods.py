@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -78,3 +78,46 @@ def period_from(start: datetime, at: time, tz: ZoneInfo) -> Period:
     """
     scheduled = period_of(start, at, tz)
     return Period(start.astimezone(UTC), scheduled.end, start.astimezone(tz).date())
+
+
+HourKey = tuple[int, int, int, int]  # year, month, day, hour in a report's zone
+_HOUR = timedelta(hours=1)
+_TICK = timedelta(microseconds=1)
+_NEVER = datetime.max.replace(tzinfo=UTC)  # an empty span: no instant is at or after it
+
+
+def hour_counts(times: list[datetime], tz: tzinfo) -> dict[HourKey, int]:
+    """How many of `times` (aware) fall in each local hour of `tz`.
+
+    Converting every instant to local time is most of the cost of the hour chart, and events
+    come mostly in order: once an instant is converted, the UTC span of its local hour is
+    known, and the instants that follow inside it are counted by comparison alone. The span is
+    taken only when the offset is the same at its start, at the instant and at its end, so no
+    change of offset (a DST switch, also of half an hour) lies inside; otherwise the instants
+    of that hour are converted one by one.
+    """
+    counts: dict[HourKey, int] = {}
+    lo = hi = _NEVER
+    key: HourKey | None = None
+    n = 0
+    for t in times:
+        if lo <= t < hi:
+            n += 1
+            continue
+        if key is not None:
+            counts[key] = counts.get(key, 0) + n
+        local = t.astimezone(tz)
+        key = (local.year, local.month, local.day, local.hour)
+        n = 1
+        start = t.astimezone(UTC) - timedelta(
+            minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+        )
+        end = start + _HOUR
+        offset = local.utcoffset()
+        if start.astimezone(tz).utcoffset() == offset == (end - _TICK).astimezone(tz).utcoffset():
+            lo, hi = start, end
+        else:
+            lo = hi = _NEVER
+    if key is not None:
+        counts[key] = counts.get(key, 0) + n
+    return counts

@@ -23,9 +23,9 @@ import structlog
 
 from agent import __version__
 from agent.config import Config, ReportConfig
-from agent.decode import TOO_LONG, Chunk, Positions, classify, event_time, sample
+from agent.decode import TOO_LONG, Chunk, Positions, classify, sample, time_reader
 from agent.outbox import Outbox
-from agent.periods import Period, period_from, period_of, system_timezone
+from agent.periods import Period, hour_counts, period_from, period_of, system_timezone
 from agent.routes import Route, Router
 from agent.rules import Rule, RuleBook
 from agent.sources import Retired, SourceTailer, Tailed
@@ -38,7 +38,6 @@ from agent.state import (
     save_checkpoint,
 )
 from agent.store import ReportStore, prune, rotated_path
-from agent.summary import rule_profiles
 
 log = structlog.get_logger("tailmail.pipeline")
 
@@ -255,7 +254,7 @@ class Pipeline:
         selected: list[list[bytes]] = [[] for _ in reports]
         rule_hits = [0] * len(self._rules)
         times: list[list[datetime]] = [[] for _ in reports]
-        time_field = tailer.config.time_field
+        stamp = time_reader(tailer.config.time_field, self.local_tz, self.now)
         bad: list[bytes] = []  # the bad lines themselves; _account finds where they are
 
         def pick(event: dict[str, Any], found: Sequence[Route], line: bytes) -> None:
@@ -266,7 +265,7 @@ class Pipeline:
                 if test is None or test(event):
                     if when is not None:
                         if when_time is None:
-                            when_time = self._event_time(event, time_field)
+                            when_time = stamp(event)
                         if not when(when_time):
                             continue
                     rule_hits[rule_index] += 1
@@ -275,7 +274,7 @@ class Pipeline:
                     elif hit != reps:
                         hit = set(hit).union(reps)
             if hit:
-                t = when_time if when_time is not None else self._event_time(event, time_field)
+                t = when_time if when_time is not None else stamp(event)
                 for j in hit:
                     selected[j].append(line)
                     times[j].append(t)
@@ -305,7 +304,7 @@ class Pipeline:
                     rule_index, test, _, reps = found[0]
                     if test is None or test(event):
                         rule_hits[rule_index] += 1
-                        t = self._event_time(event, time_field)
+                        t = stamp(event)
                         for j in reps:
                             selected[j].append(line)
                             times[j].append(t)
@@ -326,13 +325,6 @@ class Pipeline:
                 if routes:
                     pick(event, routes, line)
         self._account(tailer, tailed, chunk, selected, times, rule_hits, bad)
-
-    def _event_time(self, event: dict[str, Any], time_field: str | None) -> datetime:
-        if time_field is not None:
-            t = event_time(event.get(time_field), self.local_tz)
-            if t is not None:
-                return t
-        return self.now()
 
     def _account(
         self,
@@ -389,14 +381,9 @@ class Pipeline:
                 continue
             self.stores[report.name].add(lines)
             stats.selected += len(lines)
-            tz = report.timezone
-            hours: dict[tuple[int, int, int, int], int] = {}
-            for t in times[j]:
-                local = t.astimezone(tz)
-                hour = (local.year, local.month, local.day, local.hour)
-                hours[hour] = hours.get(hour, 0) + 1
             per_hour = stats.per_hour
-            for (y, m, d, h), n in hours.items():  # formatted once per hour, not per event
+            for (y, m, d, h), n in hour_counts(times[j], report.timezone).items():
+                # formatted once per hour, not per event
                 key = f"{y:04d}-{m:02d}-{d:02d}T{h:02d}"
                 per_hour[key] = per_hour.get(key, 0) + n
             for rule_index, hits in enumerate(rule_hits):
@@ -559,6 +546,7 @@ class Pipeline:
     ) -> None:
         # Imported here: jinja2 and the templates are needed once a day, not at every start.
         from agent.report import build_report, report_input
+        from agent.summary import rule_profiles
 
         message = build_report(
             report_input(

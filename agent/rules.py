@@ -149,7 +149,7 @@ def _rule(
         when = compile_when(c, m["when"], m.line_of("when"))
     if len(problems) > before or match is None or name is None:
         return None
-    key = rule_key(m["match"])
+    keyed_by = rule_key(m["match"])
     rule = Rule(
         name=name,
         description=str(description),
@@ -161,8 +161,8 @@ def _rule(
         match=match,
         when=when,
         fields=tuple(c.fields),
-        key=key,
-        residual=_residual(file, m, key, match),
+        key=keyed_by,
+        residual=_residual(file, m, keyed_by, match),
     )
     return rule, name_line
 

@@ -7,10 +7,8 @@ died before committing it: those lines will be read and stored again, so the tai
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
-import shutil
 from datetime import date
 from pathlib import Path
 
@@ -141,6 +139,9 @@ def prune(config: ReportConfig, protected: set[str]) -> list[Path]:
 
 def compress(path: Path) -> Path:
     """gzip a rotated file beside itself; the original goes only once the copy is durable."""
+    import gzip  # at rotation only: gzip and shutil (with bz2 and lzma) cost 4 ms at every start
+    import shutil
+
     target = path.with_name(path.name + ".gz")
     tmp = path.with_name(f".{path.name}.gz.tmp")
     with path.open("rb") as src, tmp.open("wb") as raw:

@@ -23,6 +23,7 @@ from agent.decode import (
     classify,
     event_time,
     sample,
+    time_reader,
 )
 
 BIG = 1 << 30  # a limit no generated line reaches
@@ -330,3 +331,23 @@ def test_event_time_naive_uses_the_default_zone() -> None:
 def test_event_time_of_garbage_is_none(value: Any) -> None:
     """Text that is no ISO time, booleans, containers, NaN and out-of-range numbers give None."""
     assert event_time(value) is None
+
+
+ARRIVAL = datetime(2030, 1, 1, tzinfo=UTC)
+TIME_VALUES = [
+    "2026-11-21T10:00:00Z", "2026-11-21T10:00:00.250Z", "2026-11-21T10:00:00+05:30",
+    "2026-11-21 10:00:00", "yesterday", "", "2026-13-01T00:00:00Z", 1_700_000_000,
+    1_700_000_000_000, 0, True, None, [1], {"s": 1}, float("nan"), 10**30,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", TIME_VALUES)
+def test_time_reader_says_what_event_time_says_or_arrival(value: Any) -> None:
+    """The hot path's reader of event times agrees with event_time; arrival time otherwise."""
+    read = time_reader("ts", BERLIN, lambda: ARRIVAL)
+    expected = event_time(value, BERLIN)
+    got = read({"ts": value})
+    assert got == (expected if expected is not None else ARRIVAL)
+    assert got.utcoffset() == (expected or ARRIVAL).utcoffset()
+    assert read({"other": value}) == ARRIVAL  # no time field in the event
+    assert time_reader(None, BERLIN, lambda: ARRIVAL)({"ts": value}) == ARRIVAL

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+import functools
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.periods import Period, boundary, period_from, period_of, system_timezone
+from agent.periods import (
+    Period,
+    boundary,
+    hour_counts,
+    period_from,
+    period_of,
+    system_timezone,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 MIDNIGHT = time(0, 0)
@@ -232,3 +240,116 @@ def test_periods_contain_their_instant_and_tile_time(
     assert period.start <= instant < period.end
     assert period_of(period.end, at, tz).start == period.end
     assert period_of(period.start - TICK, at, tz).end == period.start
+
+
+# ---- hour_counts ------------------------------------------------------------------------------
+
+# Zones whose offsets change by an hour, by half an hour (Lord Howe's DST), or sit a half or a
+# quarter hour off UTC, and Monrovia, 44 min 30 s off until 1972.
+CHART_ZONES = [
+    "UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata",
+    "America/St_Johns", "Asia/Kathmandu", "Africa/Monrovia",
+]  # fmt: skip
+
+
+@functools.cache
+def _transitions(zone: ZoneInfo, year: int) -> list[datetime]:
+    """The UTC instants (to the minute) where the zone's offset changes in `year`."""
+    found, t = [], utc(year, 1, 1)
+    offset = t.astimezone(zone).utcoffset()
+    while t.year == year:
+        step = t + timedelta(minutes=30)
+        if step.astimezone(zone).utcoffset() != offset:
+            for minute in range(31):  # the exact minute inside the half hour
+                m = t + timedelta(minutes=minute)
+                if m.astimezone(zone).utcoffset() != offset:
+                    found.append(m)
+                    break
+            offset = step.astimezone(zone).utcoffset()
+        t = step
+    return found
+
+
+def _plain_counts(times: list[datetime], zone: tzinfo) -> dict[tuple[int, int, int, int], int]:
+    counts: dict[tuple[int, int, int, int], int] = {}
+    for t in times:
+        local = t.astimezone(zone)
+        key = (local.year, local.month, local.day, local.hour)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(CHART_ZONES),
+    st.sampled_from([1971, 2026, 2027]),
+    st.integers(0, 3),
+    st.integers(-200, 200),
+    st.lists(st.integers(-400, 3700), min_size=1, max_size=40),
+    st.booleans(),
+)
+def test_hour_counts_are_what_converting_every_instant_gives(
+    name: str, year: int, which: int, shift: int, steps: list[int], mixed: bool
+) -> None:
+    """Near each change of offset (and elsewhere), mostly in order with steps back, in UTC or
+    given in other zones: the same counts as converting every instant to local time."""
+    zone = ZoneInfo(name)
+    transitions = _transitions(zone, year) or [utc(year, 6, 1)]
+    t = transitions[which % len(transitions)] + timedelta(minutes=shift)
+    times = []
+    for i, step in enumerate(steps):
+        t += timedelta(seconds=step)
+        times.append(t.astimezone(ZoneInfo(CHART_ZONES[i % 8])) if mixed else t)
+    assert hour_counts(times, zone) == _plain_counts(times, zone)
+
+
+@pytest.mark.parametrize(
+    ("name", "year"),
+    [(name, year) for name in CHART_ZONES for year in (1971, 1972, 2026)]
+    + [("America/New_York", 1883), ("Asia/Kathmandu", 1985)],  # LMT to EST at 12:03:58
+)
+def test_hour_counts_across_every_change_of_offset(name: str, year: int) -> None:
+    """Minute by minute across each change of offset, forwards, backwards and zig-zag."""
+    zone = ZoneInfo(name)
+    for change in _transitions(zone, year):
+        around = [change + timedelta(minutes=m, seconds=17) for m in range(-75, 76, 4)]
+        zigzag = [t for pair in zip(around, reversed(around), strict=True) for t in pair]
+        for times in (around, around[::-1], zigzag):
+            assert hour_counts(times, zone) == _plain_counts(times, zone)
+
+
+class _Jump(tzinfo):
+    """UTC until 12:30 on 2026-01-01, then an hour ahead: a change of offset in mid-hour
+    (tzdb has them only in history, LMT to standard time)."""
+
+    AT = datetime(2026, 1, 1, 12, 30)
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(0) if dt is None or dt.replace(tzinfo=None) < self.AT else HOUR
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "JUMP"
+
+    def fromutc(self, dt: datetime) -> datetime:
+        naive = dt.replace(tzinfo=None)
+        return (naive + (HOUR if naive >= self.AT else timedelta(0))).replace(tzinfo=self)
+
+
+def test_hour_counts_when_the_offset_jumps_in_mid_hour() -> None:
+    """12:10 UTC is 12:10 local, but from 12:30 UTC on the clock reads 13:30: those instants
+    belong to hour 13, though they follow 12:10 within the same UTC hour."""
+    times = [utc(2026, 1, 1, 12, 0) + timedelta(minutes=10 * i) for i in range(6)]
+    counts = hour_counts(times, _Jump())
+    assert counts == {(2026, 1, 1, 12): 3, (2026, 1, 1, 13): 3} == _plain_counts(times, _Jump())
+
+
+def test_hour_counts_of_a_busy_hour_and_a_dst_night() -> None:
+    """Berlin's autumn night has two 02:00 hours: they are counted as one local hour (02)."""
+    night = [utc(2026, 10, 25, 0, 0) + timedelta(minutes=10 * i) for i in range(18)]
+    counts = hour_counts(night, BERLIN)
+    assert counts == {(2026, 10, 25, 2): 12, (2026, 10, 25, 3): 6}
+    assert sum(counts.values()) == len(night)
+    assert hour_counts([], BERLIN) == {}
