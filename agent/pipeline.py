@@ -435,8 +435,6 @@ class Pipeline:
 
     def commit(self) -> None:
         """Stores first (fsync), then the checkpoint that counts them (atomic rename)."""
-        self._uncommitted = 0
-        self._committed_at = time.monotonic()
         for name, store in self.stores.items():
             store.flush()
             self.checkpoint.reports[name].store_size = store.size
@@ -446,6 +444,8 @@ class Pipeline:
         self.checkpoint.files = {k: v for tailer in self.tailers for k, v in tailer.known.items()}
         self.checkpoint.retired = [r.to_dict() for tailer in self.tailers for r in tailer.retired]
         save_checkpoint(self.config.state_dir, self.checkpoint)
+        self._uncommitted = 0
+        self._committed_at = time.monotonic()
 
     # ---- rotation --------------------------------------------------------------------------
 
