@@ -18,6 +18,7 @@ from typing import TextIO
 
 from agent import __version__
 from agent.config import Config, config_path, load_config
+from agent.state import StateDamaged, display_path
 from agent.yamlfile import ProblemsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -50,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tailmail: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except Usage as exc:
+        print(f"tailmail: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StateDamaged as exc:
+        # Not a crash to restart from: the same state would fail the same way (systemd does not
+        # restart on exit 2). The sentence names the file and what to do.
         print(f"tailmail: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -156,6 +162,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(service.run(path, config))
     except Busy as exc:
         raise Failure(str(exc)) from None
+    except PermissionError as exc:
+        # Restarting would fail the same way: a configuration error (exit 2), not a crash.
+        raise Usage(
+            f"cannot start: {exc}; the state_dir must belong to the user tailmail runs as"
+        ) from None
     except OSError as exc:
         raise Failure(f"cannot start: {exc}") from None
 
@@ -174,10 +185,37 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         raise ProblemsError(problems)
     rules, _ = load_rules_path(config.rules_dir, sources, reports)
+    for warning in _shared_directories(config):
+        print(warning, file=sys.stderr)
     print(
         f"{path}: OK: {len(sources)} source(s), {len(reports)} report(s), {len(rules)} rule(s) in {config.rules_dir}"
     )
     return EXIT_OK
+
+
+def _shared_directories(config: Config) -> list[str]:
+    """Warnings for the directories tailmail writes in that other users can write too: there
+    they can plant names. tailmail refuses what it did not make, but it is better not to ask."""
+    from agent.fs import writable_by_others
+
+    advice = (
+        "another user could plant files there (tailmail refuses any file it did not make); "
+        "give tailmail a directory of its own: chmod 0750"
+    )
+    found = []
+    why = writable_by_others(config.state_dir)
+    if why:
+        found.append(
+            f"{config.path}:{config.state_dir_line}: warning: state_dir {config.state_dir} {why}; {advice}"
+        )
+    for report in config.reports:
+        why = writable_by_others(report.store.parent)
+        if why:
+            found.append(
+                f"{config.path}:{report.store_line}: warning: the store {report.store} of report "
+                f"{report.name}: its directory {why}; {advice}"
+            )
+    return found
 
 
 # ---- test-email ------------------------------------------------------------------------------
@@ -305,7 +343,10 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     lock = control.StateLock(config.state_dir)
     try:
         if lock.try_acquire():
-            queued = _rotate_offline(config, args.report)
+            try:
+                queued = _rotate_offline(config, args.report)
+            except OSError as exc:
+                raise Failure(f"cannot rotate: {exc}; nothing was rotated") from None
             where = "the service will deliver it when it next runs"
         else:
             try:
@@ -364,10 +405,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def print_status(config: Config, out: TextIO) -> None:
-    from agent.control import StateLock
+    from agent.control import StateLock, request
     from agent.outbox import Outbox
     from agent.periods import period_from
-    from agent.state import load_checkpoint
+    from agent.state import Checkpoint, load_checkpoint
 
     if not config.state_dir.exists():
         print(f"state_dir {config.state_dir} does not exist yet: the service has not run", file=out)
@@ -379,7 +420,23 @@ def print_status(config: Config, out: TextIO) -> None:
     finally:
         lock.close()
     print(f"service: {'running (pid ' + holder + ')' if running else 'not running'}", file=out)
-    checkpoint = load_checkpoint(config.state_dir)
+    if running:
+        try:
+            live = asyncio.run(request(config.state_dir, {"cmd": "status"}, within=5.0))
+        except (OSError, TimeoutError, ValueError):
+            live = {}
+        for trouble in live.get("trouble", []):
+            print(f"  now: {trouble}", file=out)
+    try:
+        checkpoint = load_checkpoint(config.state_dir)
+    except StateDamaged as exc:
+        print(f"state: {exc}", file=out)
+        checkpoint = Checkpoint()
+    if checkpoint.recovered:
+        print(
+            f"state: {checkpoint.recovered}; the service goes back to the previous checkpoint",
+            file=out,
+        )
     print("sources:", file=out)
     receipts = next(iter(checkpoint.reports.values())).stats.files if checkpoint.reports else {}
     for source in config.sources:
@@ -397,8 +454,9 @@ def print_status(config: Config, out: TextIO) -> None:
                 behind = f"{max(0, size - f.offset)} bytes behind"
             except OSError:
                 behind = "file gone"
-            print(f"  {source.name}: {f.path}: offset {f.offset}, {behind}", file=out)
-    outbox = Outbox(config.state_dir / "outbox")
+            shown = display_path(f.path)
+            print(f"  {source.name}: {shown}: offset {f.offset}, {behind}", file=out)
+    outbox = Outbox(config.state_dir / "outbox", readonly=True)
     print("reports:", file=out)
     for report in config.reports:
         rs = checkpoint.reports.get(report.name)
@@ -417,6 +475,8 @@ def print_status(config: Config, out: TextIO) -> None:
             f"of {rs.stats.read} read, {rs.stats.skipped_total} skipped; last report sent: {sent}",
             file=out,
         )
+        for kind, text in _period_problems(rs.stats.problems):
+            print(f"    {kind}: {text}", file=out)
     counters = outbox.counters()
     print(
         "deliveries (recent history): "
@@ -424,10 +484,34 @@ def print_status(config: Config, out: TextIO) -> None:
         file=out,
     )
     counts = outbox.counts(time.time())
+    damaged = f" ({counts['damaged']} damaged)" if counts.get("damaged") else ""
     print(
-        f"outbox: {counts.get('queued', 0)} queued, {counts.get('deferred', 0)} deferred, {counts.get('failed', 0)} failed",
+        f"outbox: {counts.get('queued', 0)} queued, {counts.get('deferred', 0)} deferred, {counts.get('failed', 0)} failed{damaged}",
         file=out,
     )
+
+
+_PROBLEM_KINDS = {
+    "source": "problem",
+    "store": "problem",
+    "possible_loss": "possible loss",
+    "notice": "notice",
+}
+SHOW_PROBLEMS = 5
+
+
+def _period_problems(problems: Sequence[dict[str, object]]) -> list[tuple[str, str]]:
+    """The period's problems other than bad lines (those are counted above), as the report will
+    show them: (kind, sentence), each once, the first few."""
+    shown = dict.fromkeys(
+        (_PROBLEM_KINDS[str(p.get("kind"))], str(p.get("text", "")))
+        for p in problems
+        if p.get("kind") in _PROBLEM_KINDS
+    )
+    listed = list(shown)[:SHOW_PROBLEMS]
+    if len(shown) > SHOW_PROBLEMS:
+        listed.append(("and", f"{len(shown) - SHOW_PROBLEMS} more (see the report)"))
+    return listed
 
 
 # ---- report preview --------------------------------------------------------------------------

@@ -52,6 +52,8 @@ class ReportConfig:
     attach: bool = True
     max_attachment_bytes: int = 10 * MiB
     top_fields: tuple[str, ...] | None = None  # None: the fields the rules' conditions use
+    # where `store` is written in the config, for messages about it (not part of its value)
+    store_line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,8 @@ class Config:
     reports: tuple[ReportConfig, ...]
     smtp: SmtpConfig
     log: LogConfig = LogConfig()
+    # where `state_dir` is written (or the top), for messages about it (not part of its value)
+    state_dir_line: int = field(default=0, compare=False)
 
     def report(self, name: str) -> ReportConfig:
         for report in self.reports:
@@ -379,6 +383,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         reports=tuple(reports),
         smtp=smtp,
         log=log,
+        state_dir_line=top.line_of("state_dir"),
     )
 
 
@@ -399,7 +404,8 @@ def _unique_name(r: _Reader, m: Map, seen: dict[str, int], what: str) -> str | N
     name = r.string(m, "name", required=True)
     if name is None:
         return None
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
+    # fullmatch: a `$` would also match before a final newline, and `"daily\n"` would pass.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         r.problem(
             m.line_of("name"),
             f"{what} name {name!r} may use only letters, digits, '.', '_' and '-'",
@@ -468,6 +474,7 @@ def _reports(r: _Reader, top: Map, base: Path) -> list[ReportConfig]:
             attach=r.boolean(m, "attach", True),
             max_attachment_bytes=r.convert(m, "max_attachment_bytes", parse_size, 10 * MiB),
             top_fields=tuple(f for f, _ in top_fields) if top_fields is not None else None,
+            store_line=m.line_of("store"),
         )
         if name and store:
             result.append(report)

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from agent.fs import FILE_MODE, make_dirs
+
 LOCK = "lock"
 SOCKET = "control.sock"
 
@@ -31,9 +33,11 @@ class StateLock:
     """An exclusive flock on the state directory, released when the process ends (even kill -9)."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(state_dir)
         self.path = state_dir / LOCK
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.fd = os.open(
+            self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE
+        )
 
     def try_acquire(self) -> bool:
         try:

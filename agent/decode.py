@@ -163,6 +163,10 @@ def sample(line: bytes, limit: int = 120) -> str:
 
 
 _MS_THRESHOLD = 100_000_000_000  # epoch numbers above this are milliseconds (year 5138 in s)
+# Event times are data: `9999-12-31T23:59:59-14:00` parses, but is past the last instant a
+# datetime can hold in UTC, and converting it to any zone overflows. A year away from either
+# end of the calendar converts safely to every zone; times outside count as absent (arrival).
+_FIRST_YEAR, _LAST_YEAR = 2, 9998
 
 
 def event_time(value: Any, default_tz: Any = UTC) -> datetime | None:
@@ -176,13 +180,16 @@ def event_time(value: Any, default_tz: Any = UTC) -> datetime | None:
             dt = datetime.fromisoformat(value)
         except ValueError:
             return None
+        if not _FIRST_YEAR <= dt.year <= _LAST_YEAR:
+            return None
         return dt if dt.tzinfo is not None else dt.replace(tzinfo=default_tz)
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = value / 1000 if abs(value) > _MS_THRESHOLD else value
         try:
-            return datetime.fromtimestamp(seconds, UTC)
+            dt = datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
             return None
+        return dt if _FIRST_YEAR <= dt.year <= _LAST_YEAR else None
     return None
 
 
@@ -197,6 +204,7 @@ def time_reader(
     if time_field is None:
         return lambda event: fallback()
     fromisoformat = datetime.fromisoformat
+    first, last = _FIRST_YEAR, _LAST_YEAR
 
     def read(event: dict[str, Any]) -> datetime:
         value = event.get(time_field)
@@ -204,6 +212,8 @@ def time_reader(
             try:
                 t = fromisoformat(value)
             except ValueError:
+                return fallback()
+            if not first <= t.year <= last:
                 return fallback()
             return t if t.tzinfo is not None else t.replace(tzinfo=default_tz)
         other = event_time(value, default_tz)

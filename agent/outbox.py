@@ -29,13 +29,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, NotRequired, TypedDict
 
+import msgspec
 import orjson
 import structlog
 
 from agent.config import SmtpConfig
-from agent.state import fsync_dir, write_atomic
+from agent.fs import fsync_dir, make_dirs, open_append, write_all, write_atomic
 
 if TYPE_CHECKING:
     from agent.mail import DeliveryResult, SmtpFailure
@@ -52,7 +53,44 @@ HISTORY_KEEP = 2000  # ...down to this many
 HOUR = 3600.0
 MAX_SLEEP = 600.0  # re-check the clock at least this often while something waits (clock jumps)
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+DAMAGED_SUFFIX = ".damaged"  # failed/<id>.json.damaged: a damaged entry's meta as it was found
+
+
+class _MetaDoc(TypedDict):
+    """The shape of an entry's meta, checked before it is used; the meta itself stays as read
+    (keys this version does not know are kept)."""
+
+    recipients: list[str]
+    queued_at: NotRequired[float]
+    attempts: NotRequired[Annotated[int, msgspec.Meta(ge=0)]]
+    next_attempt: NotRequired[float]
+    last_error: NotRequired[dict[str, Any] | None]
+    delivered_to: NotRequired[list[str]]
+    rejected: NotRequired[dict[str, list[Any]]]
+    report: NotRequired[str | None]
+    period: NotRequired[str | None]
+    rotated_file: NotRequired[str | None]
+    compress: NotRequired[str | None]
+    expired: NotRequired[bool]
+    failed_at: NotRequired[float]
+    damaged: NotRequired[str]
+
+
+_META = msgspec.json.Decoder(_MetaDoc)
+_DELIVERED = msgspec.json.Decoder(dict[str, float])
+_SENT = msgspec.json.Decoder(list[float])
+
+
+def _meta_problem(data: bytes, queued: bool) -> str | None:
+    """What is wrong with an entry's meta, or None."""
+    try:
+        meta = _META.decode(data)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
+        return str(exc)
+    if queued and not meta["recipients"]:
+        return "it names no recipient"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +109,17 @@ class OutboxEntry:
 class Outbox:
     """The queue on disk. Single writer: the service (or `rotate` while it is not running)."""
 
-    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, root: Path, clock: Callable[[], float] = time.time, readonly: bool = False
+    ) -> None:
+        """`readonly`: a reader beside the service (`status`), which creates and moves nothing."""
         self.root = root
         self.failed_dir = root / FAILED_DIR
         self.clock = clock
-        self.failed_dir.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        self.damaged: dict[str, str] = {}  # id -> what was wrong, for entries found damaged
+        if not readonly:
+            make_dirs(self.failed_dir)
 
     # -- queueing --
 
@@ -123,7 +167,13 @@ class Outbox:
     def counts(self, now: float) -> dict[str, int]:
         queued = self.entries()
         due = sum(1 for e in queued if e.meta.get("next_attempt", 0) <= now)
-        return {"queued": due, "deferred": len(queued) - due, "failed": len(self.failed())}
+        failed = self.failed()
+        damaged = len(self.damaged) + sum(1 for e in failed if e.meta.get("damaged"))
+        counts = {"queued": due, "deferred": len(queued) - due, "failed": len(failed)}
+        counts["failed"] += len(self.damaged)
+        if damaged:
+            counts["damaged"] = damaged  # of the failed: entries found damaged
+        return counts
 
     def history(self) -> list[dict[str, Any]]:
         """Delivery events, oldest first."""
@@ -266,9 +316,9 @@ class Outbox:
         path = self.root / HISTORY
         now = self.clock()
         line = orjson.dumps({"at": _iso(now), "ts": now, **event}) + b"\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd, _ = open_append(path)
         try:
-            os.write(fd, line)
+            write_all(fd, line)
             os.fsync(fd)
             size = os.fstat(fd).st_size
         finally:
@@ -280,10 +330,13 @@ class Outbox:
     def sent_times(self, now: float) -> list[float]:
         """Times of successful sends within the last hour, oldest first."""
         try:
-            times = orjson.loads((self.root / SENT).read_bytes())
-        except (FileNotFoundError, orjson.JSONDecodeError):
+            times = _SENT.decode((self.root / SENT).read_bytes())
+        except FileNotFoundError:
             return []
-        return sorted(t for t in times if isinstance(t, int | float) and now - HOUR < t <= now)
+        except msgspec.DecodeError as exc:
+            log.error("outbox.damaged_file", file=str(self.root / SENT), error=str(exc))
+            return []  # the hourly budget starts again: sending a few more beats sending none
+        return sorted(t for t in times if now - HOUR < t <= now)
 
     def record_send(self, now: float) -> None:
         write_atomic(self.root / SENT, orjson.dumps([*self.sent_times(now), now]))
@@ -291,32 +344,78 @@ class Outbox:
     # -- internals --
 
     def _scan(self, directory: Path) -> list[OutboxEntry]:
+        """The whole entries of `directory`. A queued entry whose meta is damaged is moved to
+        failed/ with the reason (by the writer; a reader only counts it)."""
         entries = []
+        queued = directory == self.root
         for meta_path in directory.glob("*.json"):
-            if meta_path.name.startswith(("_", ".")):
+            if meta_path.name.startswith(("_", ".")) or not _ID.fullmatch(meta_path.stem):
                 continue
             eml = meta_path.with_suffix(".eml")
             if not eml.exists():
                 continue  # not whole: see recover()
             try:
-                meta = orjson.loads(meta_path.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as exc:
+                data = meta_path.read_bytes()
+            except OSError as exc:
                 log.error("outbox.unreadable_meta", file=str(meta_path), error=str(exc))
                 continue
-            entries.append(OutboxEntry(meta_path.stem, eml, meta))
+            wrong = _meta_problem(data, queued)
+            if wrong is not None:
+                if queued:
+                    self._quarantine(meta_path.stem, data, wrong)
+                else:
+                    self.damaged[meta_path.stem] = wrong
+                continue
+            entries.append(OutboxEntry(meta_path.stem, eml, orjson.loads(data)))
         entries.sort(key=lambda e: (e.meta.get("queued_at", 0), e.id))
         return entries
 
+    def _quarantine(self, id: str, data: bytes, wrong: str) -> None:
+        """Move a queued entry with damaged meta to failed/, keeping what was found, and say so.
+
+        Steps in the order that recover() can finish or undo: the failed meta, a copy of the
+        damaged one, the message, then the queued meta goes.
+        """
+        if self.readonly:
+            self.damaged[id] = wrong
+            return
+        reason = f"its meta ({id}.json) is damaged: {wrong}"
+        log.error(
+            "outbox.damaged_entry",
+            id=id,
+            error=reason,
+            moved_to=str(self.failed_dir),
+            hint="the message is kept in the failed folder, the damaged meta beside it",
+        )
+        now = self.clock()
+        meta = {"recipients": [], "damaged": reason, "failed_at": now, "queued_at": now}
+        write_atomic(self.failed_dir / f"{id}.json", orjson.dumps(meta))
+        write_atomic(self.failed_dir / f"{id}.json{DAMAGED_SUFFIX}", data)
+        os.replace(self.root / f"{id}.eml", self.failed_dir / f"{id}.eml")
+        fsync_dir(self.failed_dir)
+        (self.root / f"{id}.json").unlink(missing_ok=True)
+        fsync_dir(self.root)
+        self.record(
+            {
+                "event": "failed",
+                "id": id,
+                "recipients": [],
+                "text": f"outbox entry {id}: {reason}; moved to the failed folder",
+            }
+        )
+
     def _delivered(self) -> dict[str, float]:
         try:
-            data = orjson.loads((self.root / DELIVERED).read_bytes())
-        except (FileNotFoundError, orjson.JSONDecodeError):
+            return _DELIVERED.decode((self.root / DELIVERED).read_bytes())
+        except FileNotFoundError:
             return {}
-        return data if isinstance(data, dict) else {}
+        except msgspec.DecodeError as exc:
+            log.error("outbox.damaged_file", file=str(self.root / DELIVERED), error=str(exc))
+            return {}
 
 
 def check_id(id: str) -> None:
-    if not _ID.match(id):
+    if not _ID.fullmatch(id):
         raise ValueError(
             f"outbox id {id!r} must be 1-200 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -9,12 +9,11 @@ produced them, in one atomic rename.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import structlog
 from agent import __version__
 from agent.config import Config, ReportConfig
 from agent.decode import TOO_LONG, Chunk, Positions, classify, sample, time_reader
+from agent.fs import make_dirs
 from agent.outbox import Outbox
 from agent.periods import Period, hour_counts, period_from, period_of, system_timezone
 from agent.routes import Route, Router
@@ -33,11 +33,12 @@ from agent.state import (
     Checkpoint,
     PeriodStats,
     ReportState,
-    fsync_dir,
+    Rotation,
+    display_path,
     load_checkpoint,
     save_checkpoint,
 )
-from agent.store import ReportStore, prune, rotated_path
+from agent.store import ReportStore, prune, rotate_store, rotated_path
 
 log = structlog.get_logger("tailmail.pipeline")
 
@@ -90,6 +91,9 @@ def _parse(iso: str) -> datetime:
     return datetime.fromisoformat(iso)
 
 
+_TICK = timedelta(microseconds=1)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -106,8 +110,8 @@ class Pipeline:
         self.on_queued = on_queued
         self.hostname = socket.gethostname()
         self.local_tz = system_timezone()
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint: Checkpoint = load_checkpoint(config.state_dir)
+        make_dirs(config.state_dir)
+        self.checkpoint: Checkpoint = load_checkpoint(config.state_dir, repair=True)
         first = not self.checkpoint.started_before
         self.tailers = [
             SourceTailer(
@@ -127,14 +131,29 @@ class Pipeline:
         self._rules: tuple[Rule, ...] = ()
         self._rules_version = -1
         self._source_trouble: dict[str, str] = {}
+        self._store_trouble: dict[str, str] = {}  # report -> why its store cannot be written
         self._uncommitted = 0  # bytes read since the last commit
         self._committed_at = 0.0  # time.monotonic() of the last commit
+        # Forced rotations asked for while the state could not be written: done once it can.
+        self._requested: list[str] = []
 
     # ---- start and stop ------------------------------------------------------------------
 
     def open(self) -> None:
-        """Reconcile stores with the checkpoint, finish interrupted rotations, find the files."""
+        """Reconcile stores with the checkpoint, finish interrupted rotations, find the files.
+
+        Only the state directory itself can stop it: a store that cannot be written, or a
+        rotation that cannot be finished, is logged and recorded, and retried by every pump
+        (which reads nothing until it succeeds), so the service starts and says what is wrong.
+        """
         now = self.now()
+        if self.checkpoint.recovered:
+            log.error(
+                "state.checkpoint_recovered",
+                damage=self.checkpoint.recovered,
+                hint="the previous checkpoint is used: the stores are cut back to it and the "
+                "lines since are read again, each stored once",
+            )
         for name in list(self.checkpoint.reports):
             if name not in {r.name for r in self.config.reports}:
                 del self.checkpoint.reports[name]
@@ -144,18 +163,73 @@ class Pipeline:
                 start = period_of(now, report.rotate_at, report.timezone).start
                 rs = ReportState(store_size=-1, stats=PeriodStats(start=_iso(start)))
                 self.checkpoint.reports[report.name] = rs
+            if self.checkpoint.recovered:
+                rs.stats.add_problem(
+                    {
+                        "kind": "notice",
+                        "text": f"{self.checkpoint.recovered}: tailmail went back to the "
+                        "checkpoint before it; the lines read since were read again and are "
+                        "stored once",
+                    }
+                )
             if rs.rotating is not None:
-                self._finish_rotation(report)
-            self.stores[report.name] = ReportStore(
-                report, None if rs.store_size < 0 else rs.store_size
-            )
-            rs.store_size = self.stores[report.name].size
+                try:
+                    self._finish_rotation(report)
+                except OSError as exc:
+                    self._store_failed(report, exc)
+                    continue
+            self._open_store(report, None if rs.store_size < 0 else rs.store_size)
+        self.checkpoint.recovered = None
         for tailer in self.tailers:
             tailer.scan()
         self._note_source_trouble()
         self._note_renames()
         self.checkpoint.started_before = True
-        self.commit()
+        try:
+            self.commit()
+        except OSError as exc:
+            log.error("pipeline.write_failed", error=str(exc))
+
+    def _open_store(self, report: ReportConfig, committed: int | None) -> None:
+        """Make the report's store; open its file now if it can be (else the next commit tries)."""
+        store = self.stores[report.name] = ReportStore(report, committed)
+        rs = self.checkpoint.reports[report.name]
+        try:
+            store.open()
+        except OSError as exc:
+            self._store_failed(report, exc)
+            return
+        rs.store_size = store.size
+        if store.shortened:
+            rs.stats.add_problem(
+                {
+                    "kind": "store",
+                    "text": f"the store {report.store} was {store.shortened:,} bytes shorter than "
+                    "tailmail had committed (cut or replaced while tailmail was stopped): the "
+                    "events in those bytes are lost",
+                }
+            )
+            store.shortened = 0
+        self._store_ok(report)
+
+    def _store_failed(self, report: ReportConfig, exc: OSError) -> None:
+        """A store (or its rotation) cannot be written: logged once, a problem of its period."""
+        text = f"cannot write the store of report {report.name}: {exc.strerror or exc}"
+        if self._store_trouble.get(report.name) != text:
+            self._store_trouble[report.name] = text
+            log.error("store.write_failed", report=report.name, error=text)
+            rs = self.checkpoint.reports.get(report.name)
+            if rs is not None:
+                rs.stats.add_problem({"kind": "store", "text": text})
+
+    def _store_ok(self, report: ReportConfig) -> None:
+        if self._store_trouble.pop(report.name, None) is not None:
+            log.info("store.write_recovered", report=report.name)
+
+    @property
+    def trouble(self) -> dict[str, str]:
+        """What keeps the pipeline from writing now, by report (empty when all is well)."""
+        return dict(self._store_trouble)
 
     def close(self) -> None:
         for tailer in self.tailers:
@@ -338,7 +412,7 @@ class Pipeline:
     ) -> None:
         """Per-chunk bookkeeping: figures, problems and the stores' pending lines."""
         source = tailer.config.name
-        path = tailed.state.path
+        path = display_path(tailed.state.path)
         reasons: list[tuple[str, int, str]] = []
         positions = Positions(chunk)
         for index, line in zip(_indexes(chunk.lines, bad), bad, strict=True):
@@ -360,6 +434,12 @@ class Pipeline:
                 "line.skipped_more", source=source, path=path, count=len(reasons) - LOG_BAD_LINES
             )
         read = len(chunk.lines) + len(chunk.too_long)
+        # Worked out before any figure changes: the figures of a chunk are added whole or not at
+        # all, so the checkpoint's figures always add up.
+        hours = [
+            hour_counts(times[j], report.timezone) if selected[j] else {}
+            for j, report in enumerate(self.config.reports)
+        ]
         for j, report in enumerate(self.config.reports):
             stats = self.checkpoint.reports[report.name].stats
             stats.read += read
@@ -382,7 +462,7 @@ class Pipeline:
             self.stores[report.name].add(lines)
             stats.selected += len(lines)
             per_hour = stats.per_hour
-            for (y, m, d, h), n in hour_counts(times[j], report.timezone).items():
+            for (y, m, d, h), n in hours[j].items():
                 # formatted once per hour, not per event
                 key = f"{y:04d}-{m:02d}-{d:02d}T{h:02d}"
                 per_hour[key] = per_hour.get(key, 0) + n
@@ -395,15 +475,24 @@ class Pipeline:
     def _note_losses(self, tailer: SourceTailer) -> None:
         """Bytes a truncation took unread become a problem of every report's period."""
         for loss in tailer.losses:
+            path = display_path(loss["path"])
             if loss["bytes"]:
-                kind = "source"  # a certain loss turns the report red
-                text = f"source {loss['source']}: {loss['bytes']} bytes of {loss['path']} lost: {loss['why']}"
+                kind = "source"  # a loss that was seen: the report is red
+                text = f"source {loss['source']}: {loss['bytes']:,} bytes of {path} were lost: {loss['why']}"
             else:
-                kind = "notice"
-                text = f"source {loss['source']}: {loss['path']}: {loss['why']}"
+                # Nobody can know what was written in the instant between copytruncate's copy and
+                # its truncate: the agent only sees it when it happened to look in between. A
+                # possible loss is said as one, amber, never as "none".
+                kind = "possible_loss"
+                text = (
+                    f"source {loss['source']}: {path} was rotated by copytruncate: lines written "
+                    "between its copy and its truncate, if there were any, are lost (no program "
+                    "can read them); tailmail saw none go but cannot know. logrotate without "
+                    "copytruncate (its create method) loses nothing"
+                )
             for rs in self.checkpoint.reports.values():
                 rs.stats.lost_bytes += loss["bytes"]
-                rs.stats.add_problem({"kind": kind, "text": text, "path": loss["path"]})
+                rs.stats.add_problem({"kind": kind, "text": text, "path": path})
         tailer.losses.clear()
 
     def _note_renames(self) -> None:
@@ -424,7 +513,9 @@ class Pipeline:
             if tailer.missing:
                 trouble[name] = f"source {name}: no file matches {tailer.config.path}"
             for path, error in tailer.unreadable.items():
-                trouble[f"{name}:{path}"] = f"source {name}: cannot read {path}: {error}"
+                trouble[f"{name}:{path}"] = (
+                    f"source {name}: cannot read {display_path(path)}: {error}"
+                )
         for key, text in trouble.items():
             if self._source_trouble.get(key) != text:
                 for rs in self.checkpoint.reports.values():
@@ -435,9 +526,27 @@ class Pipeline:
 
     def commit(self) -> None:
         """Stores first (fsync), then the checkpoint that counts them (atomic rename)."""
-        for name, store in self.stores.items():
-            store.flush()
-            self.checkpoint.reports[name].store_size = store.size
+        for report in self.config.reports:
+            store = self.stores.get(report.name)
+            if store is None:
+                continue
+            rs = self.checkpoint.reports[report.name]
+            try:
+                store.flush()
+            except OSError as exc:
+                self._store_failed(report, exc)
+                raise
+            self._store_ok(report)
+            if store.recreated:
+                rs.stats.add_problem(
+                    {
+                        "kind": "notice",
+                        "text": f"the store {report.store} was deleted while in use; tailmail "
+                        "made it again from what it held: nothing was lost",
+                    }
+                )
+                store.recreated = 0
+            rs.store_size = store.size
         for tailer in self.tailers:
             tailer.sync_states()
             self._note_losses(tailer)
@@ -469,68 +578,119 @@ class Pipeline:
     def rotate(self, report: ReportConfig, at: datetime | None = None) -> list[Queued]:
         """Close the report's period at `at` (default now), queue its report, start the next."""
         self.commit()
-        end = at or self.now()
+        now = self.now()
         rs = self.checkpoint.reports[report.name]
         start = _parse(rs.stats.start)
+        end = at or now
+        if end < start:
+            # The clock stepped back past the period's start (an NTP correction, a restored VM):
+            # the period ends where it began rather than before, and the next one starts after
+            # it, so period starts (and with them report ids) only ever go forward.
+            log.warning(
+                "clock.behind_period",
+                report=report.name,
+                period_start=_iso(start),
+                now=_iso(now),
+                hint="the system clock is earlier than the period's start; was it stepped back?",
+            )
+            end = start
         day = start.astimezone(report.timezone).date()
         store = self.stores.get(report.name)
         size = store.size if store is not None else rs.store_size
-        outbox_id = report_id(report.name, start)
-        rs.rotating = {
-            "rotated": str(rotated_path(report, day)),
-            "start": _iso(start), "end": _iso(end), "day": day.isoformat(),
-            "stats": rs.stats.to_dict(), "size": size, "outbox_id": outbox_id,
-        }  # fmt: skip
+        rs.rotating = rotation = Rotation(
+            rotated=rotated_path(report, day),
+            start=start,
+            end=end,
+            day=day,
+            stats=rs.stats,
+            size=size,
+            outbox_id=self._fresh_id(report.name, start),
+        )
         # The next period starts where this one ends; a period missed while the agent was down
         # is not reported twice: the new period is the one that contains now.
-        next_start = max(end, period_of(self.now(), report.rotate_at, report.timezone).start)
+        next_start = max(
+            end, period_of(now, report.rotate_at, report.timezone).start, start + _TICK
+        )
         rs.stats = PeriodStats(start=_iso(next_start))
         # A source still missing or unreadable is a problem of the next period too.
         for text in self._source_trouble.values():
             rs.stats.add_problem({"kind": "source", "text": text})
         rs.store_size = 0
-        save_checkpoint(self.config.state_dir, self.checkpoint)  # the intent is durable
+        try:
+            save_checkpoint(self.config.state_dir, self.checkpoint)  # the intent is durable
+        except BaseException:
+            # Not durable, so not begun: a rotation must never go on from an intent that a
+            # crash would forget (the store renamed, its events in no report).
+            rs.rotating, rs.stats, rs.store_size = None, rotation.stats, size
+            raise
         self._finish_rotation(report)
-        return [Queued(report.name, outbox_id, Period(start, end, day))]
+        return [Queued(report.name, rotation.outbox_id, Period(start, end, day))]
 
-    def finish_rotations(self) -> None:
-        """Finish rotations that a write error interrupted (no line is read before they are)."""
+    def _fresh_id(self, report: str, start: datetime) -> str:
+        """The period's report id, never one the outbox knows (queued, failed or delivered).
+
+        Starts only go forward, so the id of a period is new by construction; this also holds
+        when the state went back to the previous checkpoint, after a report was queued from
+        the one that was lost.
+        """
+        base = candidate = report_id(report, start)
+        n = 1
+        while self.outbox.contains(candidate):
+            n += 1
+            candidate = f"{base}.{n}"
+        if n > 1:
+            log.warning("report.id_taken", report=report, id=base, using=candidate)
+        return candidate
+
+    def rotating(self, report: ReportConfig) -> bool:
+        """Whether the report has a rotation whose intent is durable and that is not finished."""
+        return self.checkpoint.reports[report.name].rotating is not None
+
+    @property
+    def requested(self) -> tuple[str, ...]:
+        return tuple(self._requested)
+
+    def request_rotation(self, report: str) -> None:
+        """A forced rotation that failed (the state could not be written): done once it can."""
+        if report not in self._requested:
+            self._requested.append(report)
+
+    def finish_rotations(self) -> list[Queued]:
+        """Finish rotations that a write error interrupted, then the ones asked for meanwhile
+        (no line is read before they are)."""
         for report in self.config.reports:
             if self.checkpoint.reports[report.name].rotating is not None:
                 self._finish_rotation(report)
+        queued: list[Queued] = []
+        while self._requested:
+            queued.extend(self.rotate(self.config.report(self._requested[0])))
+            del self._requested[0]
+        return queued
 
     def _finish_rotation(self, report: ReportConfig) -> None:
         """Steps of a rotation after its intent was committed; each is safe to repeat."""
         rs = self.checkpoint.reports[report.name]
-        info = rs.rotating
-        assert info is not None
-        rotated = Path(info["rotated"])
+        rotation = rs.rotating
+        assert rotation is not None
         store = self.stores.pop(report.name, None)
         if store is not None:
             store.close()
-        if not rotated.exists():
-            if report.store.exists():
-                # The period holds exactly the committed bytes the intent recorded.
-                os.truncate(report.store, info["size"])
-                os.replace(report.store, rotated)
-            else:
-                rotated.parent.mkdir(parents=True, exist_ok=True)
-                rotated.touch()
-            # The rename must be durable before the report that names the file is queued and
-            # the intent cleared: after a power cut the file must be where the outbox says.
-            fsync_dir(rotated.parent)
-        self.stores[report.name] = ReportStore(report, 0)
-        stats = PeriodStats.from_dict(info["stats"])
-        period = Period(
-            _parse(info["start"]), _parse(info["end"]), datetime.fromisoformat(info["day"]).date()
-        )
-        outbox_id = info["outbox_id"]
-        if not self.outbox.contains(outbox_id):
+        rotated = rotation.rotated
+        try:
+            rotate_store(report, rotated, rotation.size)
+        except OSError:
+            # Tried again by the next pump; meanwhile the store is not written (reading waits).
+            self.stores[report.name] = ReportStore(report, 0)
+            raise
+        self._open_store(report, 0)
+        stats = rotation.stats
+        period = Period(rotation.start, rotation.end, rotation.day)
+        if not self.outbox.contains(rotation.outbox_id):
             if stats.selected == 0 and not report.send_empty:
-                log.info("report.skipped_empty", report=report.name, period=info["day"])
+                log.info("report.skipped_empty", report=report.name, period=str(rotation.day))
                 rotated.unlink(missing_ok=True)
             else:
-                self._queue_report(report, period, stats, rotated, outbox_id)
+                self._queue_report(report, period, stats, rotated, rotation.outbox_id)
         rs.rotating = None
         save_checkpoint(self.config.state_dir, self.checkpoint)
         prune(report, self.outbox.unsent_files())

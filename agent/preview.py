@@ -122,7 +122,7 @@ def _delivery_problems(config: Config, report: ReportConfig) -> list[dict[str, A
     root = config.state_dir / "outbox"
     if not (root / FAILED_DIR).is_dir():
         return []
-    return Outbox(root).problems_since_last_delivery(report.name)
+    return Outbox(root, readonly=True).problems_since_last_delivery(report.name)
 
 
 def preview_sample(

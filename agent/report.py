@@ -65,7 +65,11 @@ class ReportInput:
     delivery_problems: tuple[str, ...]  # earlier deliveries that failed since the last report
     sender: str  # From:
     message_id: str  # "<...@...>", deterministic per report and period
-    notices: tuple[str, ...] = ()  # worth knowing, not a problem (copytruncate's blind window)
+    notices: tuple[str, ...] = ()  # worth knowing, not a problem (a store made again)
+    # e.g. "the store /var/log/tailmail/daily.jsonl belongs to uid 1000": red, like sources
+    store_problems: tuple[str, ...] = ()
+    # what may have been lost and cannot be known (copytruncate's blind window): amber
+    possible_losses: tuple[str, ...] = ()
     rotated_bytes: int | None = None  # read only this much of rotated_file (a store in use)
     preview: str = ""  # set by `report preview`: a sentence saying what the preview is
 
@@ -87,7 +91,7 @@ def report_input(
     preview: str = "",
 ) -> ReportInput:
     """The input of a period's report from its figures and the outbox's delivery problems."""
-    kinds: dict[str, list[str]] = {"source": [], "notice": []}
+    kinds: dict[str, list[str]] = {"source": [], "store": [], "possible_loss": [], "notice": []}
     for problem in stats.problems:
         if problem.get("kind") in kinds:
             kinds[str(problem["kind"])].append(str(problem.get("text", "")))
@@ -109,6 +113,8 @@ def report_input(
         sender=sender,
         message_id=message_id,
         notices=tuple(dict.fromkeys(kinds["notice"])),
+        store_problems=tuple(dict.fromkeys(kinds["store"])),
+        possible_losses=tuple(dict.fromkeys(kinds["possible_loss"])),
         rotated_bytes=rotated_bytes,
         preview=preview,
     )
@@ -122,32 +128,49 @@ def status_of(inp: ReportInput) -> tuple[str, str]:
 def _status(inp: ReportInput, file_problem: str | None) -> tuple[Status, str]:
     stats = inp.stats
     red: list[str] = []
-    if inp.source_problems:
-        first = clean(inp.source_problems[0], SHOW_CHARS)
-        more = len(inp.source_problems) - 1
-        red.append(first + (f" (and {figure(more)} more source problems)" if more else ""))
+    for problems, what in ((inp.source_problems, "source"), (inp.store_problems, "store")):
+        if problems:
+            first = clean(problems[0], SHOW_CHARS)
+            more = len(problems) - 1
+            red.append(first + (f" (and {figure(more)} more {what} problems)" if more else ""))
     if inp.delivery_problems:
         n = len(inp.delivery_problems)
         red.append(f"{figure(n)} earlier report {'delivery' if n == 1 else 'deliveries'} failed")
+    file_problem = file_problem or _missing_store(inp)
     if file_problem:
         red.append(file_problem)
-    elif inp.rotated_file is None and stats.selected > 0:
-        red.append(f"{figure(stats.selected)} events were selected but the store file is missing")
     skipped = stats.skipped_total
     if red:
         also = f"; also {line_count(skipped)} skipped" if skipped else ""
         return "red", one_line("; ".join(red) + also)
+    amber: list[str] = []
     if skipped:
         reasons = sorted(stats.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
         shown = ", ".join(f"{clean(r, 40)} {figure(c)}" for r, c in reasons[:3])
         etc = ", ..." if len(reasons) > 3 else ""
-        return "amber", one_line(f"{line_count(skipped)} skipped ({shown}{etc})")
+        amber.append(f"{line_count(skipped)} skipped ({shown}{etc})")
+    if inp.possible_losses:
+        n = len(inp.possible_losses)
+        amber.append(
+            f"{figure(n)} copytruncate rotation{'s' if n != 1 else ''}: lines written in the "
+            "instant between copy and truncate may be lost (no program can see them)"
+        )
+    if amber:
+        return "amber", one_line("; ".join(amber))
     count = len(set(inp.notices))
     notices = f"; {figure(count)} notice{'s' if count != 1 else ''} below" if count else ""
     return "green", (
         f"{figure(stats.read)} events read, {figure(stats.selected)} selected, "
         f"no line skipped, no source or delivery problem{notices}."
     )
+
+
+def _missing_store(inp: ReportInput) -> str | None:
+    """Events were selected but there is no file to show them: said in the status and listed
+    with the problems, never one without the other."""
+    if inp.rotated_file is None and inp.stats.selected > 0:
+        return f"{figure(inp.stats.selected)} events were selected but the store file is missing"
+    return None
 
 
 class _Placeholders(dict[str, object]):
@@ -201,6 +224,7 @@ def render_report(inp: ReportInput) -> Rendered:
         else:
             if summary.lines == 0 and inp.stats.selected > 0:
                 file_problem = f"{figure(inp.stats.selected)} events were selected but the store file {where} is empty"
+    file_problem = file_problem or _missing_store(inp)
     status, reason = _status(inp, file_problem)
     attachment, receipt = _attachment(inp, summary)
     text = html = ""

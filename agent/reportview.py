@@ -169,6 +169,7 @@ class _View:
     reasons_more: str
     source_problems: tuple[str, ...]
     delivery_problems: tuple[str, ...]
+    possible_losses: tuple[str, ...]
     notices: tuple[str, ...]
     problems_more: str
     files: tuple[_File, ...]
@@ -193,12 +194,13 @@ def build_view(
     columns = _columns(shown_hours)
     peak = max(shown_hours, key=lambda b: _int(b.count), default=None)
     top, top_more, unmatched = _top(inp, summary, caps)
-    sources = [clean(p, 200) for p in inp.source_problems]
+    sources = [clean(p, 200) for p in (*inp.source_problems, *inp.store_problems)]
     if file_problem:
         sources.append(clean(file_problem, 400))
     deliveries = [clean(p, 200) for p in inp.delivery_problems]
+    losses = [clean(p, 400) for p in inp.possible_losses]
     notices = [clean(p, 300) for p in dict.fromkeys(inp.notices)]
-    hidden = sum(max(0, len(x) - MAX_LISTED) for x in (sources, deliveries, notices))
+    hidden = sum(max(0, len(x) - MAX_LISTED) for x in (sources, deliveries, losses, notices))
     files = list(stats.files.items())  # in the order they were first read
     colour, ink = _COLOURS[status]
     start, end = inp.period.start.astimezone(tz), inp.period.end.astimezone(tz)
@@ -243,6 +245,7 @@ def build_view(
         reasons_more=more(len(stats.skipped) - MAX_REASONS, "reasons not shown"),
         source_problems=tuple(sources[:MAX_LISTED]),
         delivery_problems=tuple(deliveries[:MAX_LISTED]),
+        possible_losses=tuple(losses[:MAX_LISTED]),
         notices=tuple(notices[:MAX_LISTED]),
         problems_more=more(hidden, "problems not shown"),
         files=tuple(_file(key, info) for key, info in files[:MAX_LISTED]),

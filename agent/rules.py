@@ -52,7 +52,7 @@ class Rule:
 
 
 RULE_KEYS: Final = ("name", "description", "enabled", "sources", "reports", "match", "when")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: `$` allows a final newline
 _NAME_RULE = "may use only letters, digits, '.', '_' and '-' (and start with a letter or digit)"
 
 
@@ -111,7 +111,7 @@ def _rule(
         value, name_line = m["name"], m.line_of("name")
         if isinstance(value, str | int) and not isinstance(value, bool):
             name = str(value)
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 c.problem(name_line, f"rule name {name!r} {_NAME_RULE}")
         else:
             c.problem(name_line, f"name must be a string, not {describe(value)}")
@@ -119,7 +119,7 @@ def _rule(
         c.problem(
             m.line, "this file holds several rules, so each needs a `name:` (unique across files)"
         )
-    elif not _NAME.match(name):
+    elif not _NAME.fullmatch(name):
         c.problem(
             m.line,
             f"the rule is named after its file, {name!r}, but a rule name {_NAME_RULE}; "

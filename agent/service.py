@@ -60,6 +60,7 @@ class Service:
         # commit after a write error), and whether it is now parked in a wait that ends by itself.
         self._beat = time.monotonic()
         self._parked = False
+        self._write_error = ""  # why the last commit failed, until one works again
         self._vital: list[asyncio.Task[None]] = []
         self.rulebook = RuleBook(
             config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
@@ -72,7 +73,11 @@ class Service:
         """Serve until stop or reload is set."""
         self._log_problems(self.rulebook.reload())
         self.pipeline.open()
-        self.pipeline.rotate_due()
+        try:
+            self.pipeline.rotate_due()
+        except OSError as exc:
+            # The tail loop retries the write and the timer the rotation; the service starts.
+            log.error("rotation.failed", error=str(exc), retry_in=RETRY_ROTATION_SECONDS)
         self._tidy_rotated()
         loop = asyncio.get_running_loop()
         watcher = self.watcher = Watcher(loop)
@@ -154,6 +159,7 @@ class Service:
         """
         backoff = 1.0
         while True:
+            self._write_error = str(exc)
             log.error("pipeline.write_failed", error=str(exc), retry_in=backoff)
             self.notifier.status(f"cannot write: {exc}; retrying in {backoff:.0f} s")
             self._parked = True
@@ -169,6 +175,7 @@ class Service:
             except OSError as again:
                 exc = again
                 continue
+            self._write_error = ""
             log.info("pipeline.write_recovered")
             self.notifier.status(self._status())
             return
@@ -289,18 +296,42 @@ class Service:
             reports = [r for r in self.config.reports if name in (None, r.name)]
             if not reports:
                 return {"ok": False, "error": f"no report named {name!r}"}
+            queued: list[str] = []
+            done: set[str] = set()
             try:
                 self.pipeline.pump()  # what was written before the request belongs to this period
-                queued: list[str] = []
                 for report in reports:
                     queued.extend(q.outbox_id for q in self.pipeline.rotate(report))
+                    done.add(report.name)
             except OSError as exc:
+                for report in reports:
+                    # A rotation whose intent is durable is finished by the next pump; the
+                    # others are kept and done as soon as the state can be written again.
+                    if report.name not in done and not self.pipeline.rotating(report):
+                        self.pipeline.request_rotation(report.name)
                 self.data.set()  # the tail loop notices the failure too, and retries
-                return {"ok": False, "error": f"cannot rotate now: {exc}; it will be retried"}
+                return {
+                    "ok": False,
+                    "error": f"cannot rotate now: {exc}; the service rotates as soon as it can "
+                    "write again",
+                }
             return {"ok": True, "queued": queued}
         if request.get("cmd") == "ping":
             return {"ok": True, "pid": os.getpid()}
+        if request.get("cmd") == "status":
+            return {"ok": True, "pid": os.getpid(), "trouble": self._trouble()}
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+
+    def _trouble(self) -> list[str]:
+        """What is wrong now, in sentences: writes that fail, rotations that wait."""
+        trouble = [*self.pipeline.trouble.values()]
+        if self._write_error:
+            trouble.append(f"cannot write: {self._write_error}; reading waits until it can")
+        trouble.extend(
+            f"report {name}: a forced rotation waits until the state can be written"
+            for name in self.pipeline.requested
+        )
+        return list(dict.fromkeys(trouble))
 
     def _idle_status(self) -> None:
         """STATUS when the tail loop goes idle, which under a steady writer is many times a

@@ -63,11 +63,15 @@ class Agent:
         workdir: Path,
         env: dict[str, str] | None = None,
         wrap: Sequence[str] = (),
+        notify_mode: int | None = None,
     ) -> None:
+        """`notify_mode`: chmod the notify socket, for an agent run as another user."""
         self.config = config
         self.notify_path = workdir / f"notify-{time.monotonic_ns()}.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
+        if notify_mode is not None:
+            os.chmod(self.notify_path, notify_mode)
         self.notify.settimeout(0.2)
         self.messages: list[str] = []
         self.log_path = workdir / "agent.log"

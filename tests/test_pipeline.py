@@ -391,7 +391,7 @@ def test_crash_at_any_step_of_a_rotation_leaves_exactly_one_report(
         for tailer in pipeline.tailers:
             tailer.close()
         for store in pipeline.stores.values():
-            os.close(store.fd)
+            store.close()
         again = open_pipeline(cfg, clock)
         if not again.outbox.entries():
             again.rotate(cfg.reports[0])  # the crash came before the rotation was decided

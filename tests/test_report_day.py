@@ -325,18 +325,21 @@ def test_without_chromium_the_rendering_test_skips_but_fails_under_ci(
         render.require_chromium()
 
 
-def test_copytruncate_is_a_notice_and_a_truncation_in_the_receipt(tmp_path: Path) -> None:
-    """Rotated by copytruncate: the report lists copytruncate's blind window as a notice (the
-    status stays green), the receipt shows the file read again from 0 after its truncation, and
-    the figures still equal the attachment."""
+def test_copytruncate_is_a_possible_loss_and_a_truncation_in_the_receipt(tmp_path: Path) -> None:
+    """Rotated by copytruncate: the report says honestly that lines written between the copy
+    and the truncate may be lost (amber: nobody can know), the receipt shows the file read
+    again from 0 after its truncation, and the figures still equal the attachment."""
     day = generate_day(tmp_path, rotation="copytruncate")
     msg = parse(day.message)
-    assert msg["X-Tailmail-Status"] == "green"
+    assert msg["X-Tailmail-Status"] == "amber"
     text, html = bodies(msg)
     flat = " ".join(text.split())
-    assert "1 notice below" in flat
-    assert "Notices: - source app: " in flat and "copytruncate" in flat
-    assert "Notices" in cells(html)
+    assert (
+        "1 copytruncate rotation: lines written in the instant between copy and truncate may be lost"
+        in flat
+    )
+    assert "Possible losses: - source app: " in flat and "saw none go but cannot know" in flat
+    assert "Possible losses" in cells(html)
     receipt = flat[flat.index("Completeness receipt") :]
     size = len(day.logs["events.json.1"])
     assert (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
@@ -16,6 +17,7 @@ from agent.state import (
     FileState,
     PeriodStats,
     ReportState,
+    Rotation,
     load_checkpoint,
     save_checkpoint,
     write_atomic,
@@ -31,7 +33,16 @@ def sample_checkpoint() -> Checkpoint:
         per_rule={"failed-logins": 3},
         per_hour={"2026-11-21T10": 3},
         problems=[{"kind": "line", "offset": 7, "text": "bad"}],
-        files={"app:1:2": {"path": "/var/log/app/events.json", "read": 10}},
+        files={"app:1:2": {"path": "/var/log/app/events.json", "lines": 10}},
+    )
+    rotation = Rotation(
+        rotated=Path("/var/log/tailmail/daily-2026-11-20.jsonl"),
+        start=datetime(2026, 11, 20, tzinfo=UTC),
+        end=datetime(2026, 11, 21, tzinfo=UTC),
+        day=date(2026, 11, 20),
+        stats=PeriodStats(start="2026-11-20T00:00:00+00:00", read=4),
+        size=100,
+        outbox_id="daily-20261120T000000Z",
     )
     return Checkpoint(
         files={
@@ -47,9 +58,7 @@ def sample_checkpoint() -> Checkpoint:
             )
         },
         reports={
-            "daily": ReportState(
-                store_size=1234, stats=stats, rotating={"day": "2026-11-20"}, last_sent="x"
-            )
+            "daily": ReportState(store_size=1234, stats=stats, rotating=rotation, last_sent="x")
         },
         started_before=True,
     )

@@ -12,7 +12,7 @@ import pytest
 from forked import limit_file_size, with_file_size_limit
 
 from agent.config import ReportConfig
-from agent.store import ReportStore, compress, prune, rotated_files, rotated_path
+from agent.store import compress, open_store, prune, rotated_files, rotated_path
 
 DAY = date(2026, 11, 21)
 
@@ -29,7 +29,7 @@ def report(tmp_path: Path, name: str = "daily", keep: int = 30) -> ReportConfig:
 def test_flush_appends_exactly_the_lines_and_their_newlines(tmp_path: Path) -> None:
     """flush writes each pending line followed by b"\\n", and the size counts those bytes."""
     config = report(tmp_path)
-    store = ReportStore(config, None)
+    store = open_store(config, None)
     try:
         assert store.size == 0
         store.add([b'{"a":1}', b'{"b":2}\r'])
@@ -49,7 +49,7 @@ def test_open_trims_bytes_beyond_the_committed_size(tmp_path: Path) -> None:
     """Bytes written after the last committed size (a run that died) are cut at open."""
     config = report(tmp_path)
     config.store.write_bytes(b'{"kept":1}\n{"uncommitted":2}\n')
-    store = ReportStore(config, len(b'{"kept":1}\n'))
+    store = open_store(config, len(b'{"kept":1}\n'))
     try:
         assert store.size == len(b'{"kept":1}\n')
         store.add([b'{"again":2}'])
@@ -63,7 +63,7 @@ def test_open_without_a_committed_size_keeps_the_content(tmp_path: Path) -> None
     """committed=None (a store never checkpointed) keeps what the file holds and appends."""
     config = report(tmp_path)
     config.store.write_bytes(b'{"old":1}\n')
-    store = ReportStore(config, None)
+    store = open_store(config, None)
     try:
         assert store.size == len(b'{"old":1}\n')
         store.add([b'{"new":2}'])
@@ -77,7 +77,7 @@ def test_open_of_a_store_shorter_than_committed_counts_what_is_there(tmp_path: P
     """A store found shorter than committed is not padded: its size is what it holds."""
     config = report(tmp_path)
     config.store.write_bytes(b"{}\n")
-    store = ReportStore(config, 100)
+    store = open_store(config, 100)
     store.close()
     assert store.size == 3
     assert config.store.read_bytes() == b"{}\n"
@@ -86,7 +86,7 @@ def test_open_of_a_store_shorter_than_committed_counts_what_is_there(tmp_path: P
 def test_open_creates_the_store_directory(tmp_path: Path) -> None:
     """A store whose directory does not exist yet gets it created."""
     config = ReportConfig(name="daily", store=tmp_path / "a" / "b" / "daily.jsonl", to=("x@y.z",))
-    ReportStore(config, None).close()
+    open_store(config, None).close()
     assert config.store.is_file()
 
 
@@ -95,7 +95,7 @@ def test_failed_flush_keeps_lines_pending_and_leaves_no_fragment(tmp_path: Path)
     config = report(tmp_path)
 
     def body() -> None:
-        store = ReportStore(config, None)
+        store = open_store(config, None)
         try:
             store.add([b'{"a":1}'])
             store.flush()
