@@ -116,6 +116,22 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# Sanity caps of the parsers: a larger number is a slip (or hostile), never a setting, and
+# refusing it here keeps inf and overflow out of the arithmetic that uses the value later. Each
+# key has its own, tighter bound on top (see `_Reader.bounded`).
+MAX_SIZE = 1024**4  # 1 TiB
+MAX_DURATION = 10 * 365 * 86400.0  # 10 years
+
+# Each key's bounds: beyond them a value is a slip, never a setting anyone meets in earnest.
+MAX_LINE_BYTES = 256 * MiB  # a line up to max_line_bytes is held whole in memory while read
+MAX_ATTACHMENT_BYTES = 1024 * MiB  # far past what any mail server accepts in one message
+MAX_KEEP = 10_000  # rotated files: 27 years of daily reports
+MAX_PER_HOUR = 100_000
+MAX_TIMEOUT = 3600.0  # an SMTP server silent for an hour is not coming back in this session
+MAX_RETRY_FOR = 365 * 86400.0  # a report still undelivered after a year is failed
+MAX_RETRY_DELAY = 7 * 86400.0  # retry_initial and retry_max: the wait between two attempts
+
+
 def parse_size(value: object) -> int:
     """`10485760`, `10MiB`, `512KB` -> bytes."""
     if isinstance(value, bool):
@@ -123,11 +139,16 @@ def parse_size(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size cannot be negative")
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a size; write e.g. 1048576, 512KiB or 10MiB")
-    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()])
+        number: float = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a size; write e.g. 1048576, 512KiB or 10MiB")
+        # float() of a long row of digits is inf, and int(inf) raises: compare first.
+        number = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+    if not number <= MAX_SIZE:
+        raise ValueError("that is more than 1 TiB, too large for any size here; write e.g. 10MiB")
+    return int(number)
 
 
 def parse_duration(value: object) -> float:
@@ -135,15 +156,20 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 90s, 15m or 5d")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 2h or 5d")
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 2h or 5d")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+        number: float = value
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 2h or 5d")
+        number = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    # Compared before float(): float() of a long int raises OverflowError.
+    if not number <= MAX_DURATION:
+        raise ValueError("that is more than 10 years, too long for any duration here")
+    return float(number)
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -251,9 +277,16 @@ class _Reader:
                 return default
         try:
             return parse(value)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, ArithmeticError) as exc:
             self.problem(m.line_of(key), f"{key}: {exc}")
             return default
+
+    def at_most(self, m: Map, key: str, value: float, limit: float, shown: str) -> bool:
+        """Whether `value` is within `limit`; if not, a problem that says so (as `shown`)."""
+        if value <= limit:
+            return True
+        self.problem(m.line_of(key), f"{key} must be at most {shown}")
+        return False
 
     def boolean(self, m: Map, key: str, default: bool) -> bool:
         if key not in m or m[key] is None:
@@ -263,7 +296,7 @@ class _Reader:
             return default
         return bool(m[key])
 
-    def integer(self, m: Map, key: str, default: int, minimum: int = 0) -> int:
+    def integer(self, m: Map, key: str, default: int, minimum: int, maximum: int) -> int:
         if key not in m or m[key] is None:
             return default
         value = m[key]
@@ -271,12 +304,16 @@ class _Reader:
             text = self.expand(value, m.line_of(key), key)
             if text is None:
                 return default
-            value = int(text) if re.fullmatch(r"\s*-?\d+\s*", text) else value
+            # At most 18 digits: int() refuses (ValueError) more than 4,300, and no key takes more.
+            value = int(text) if re.fullmatch(r"\s*-?\d{1,18}\s*", text) else value
         if isinstance(value, bool) or not isinstance(value, int):
             self.problem(m.line_of(key), f"{key} must be a whole number")
             return default
         if value < minimum:
             self.problem(m.line_of(key), f"{key} must be at least {minimum}")
+            return default
+        if value > maximum:
+            self.problem(m.line_of(key), f"{key} must be at most {maximum}")
             return default
         return value
 
@@ -430,6 +467,7 @@ def _sources(r: _Reader, top: Map, base: Path) -> list[SourceConfig]:
         max_line = r.convert(m, "max_line_bytes", parse_size, MiB)
         if max_line < 64:
             r.problem(m.line_of("max_line_bytes"), "max_line_bytes must be at least 64")
+        r.at_most(m, "max_line_bytes", max_line, MAX_LINE_BYTES, "256MiB")
         if name and path:
             result.append(SourceConfig(name, str(path), start_at, time_field, max_line))  # type: ignore[arg-type]
     return result
@@ -460,19 +498,21 @@ def _reports(r: _Reader, top: Map, base: Path) -> list[ReportConfig]:
         subject = r.string(m, "subject", DEFAULT_SUBJECT) or DEFAULT_SUBJECT
         _check_subject(r, m.line_of("subject"), subject)
         top_fields = r.string_list(m, "top_fields") if "top_fields" in m else None
+        max_attachment = r.convert(m, "max_attachment_bytes", parse_size, 10 * MiB)
+        r.at_most(m, "max_attachment_bytes", max_attachment, MAX_ATTACHMENT_BYTES, "1GiB")
         report = ReportConfig(
             name=name or "?",
             store=store or Path("/"),
             to=tuple(to),
             rotate_at=r.convert(m, "rotate_at", _parse_rotate_at, time(0, 0)),
             timezone=r.convert(m, "timezone", parse_timezone, system_timezone()),
-            keep=r.integer(m, "keep", 30, minimum=1),
+            keep=r.integer(m, "keep", 30, minimum=1, maximum=MAX_KEEP),
             compress=r.choice(m, "compress", ("none", "gzip"), "gzip"),  # type: ignore[arg-type]
             cc=tuple(cc),
             subject=subject,
             send_empty=r.boolean(m, "send_empty", True),
             attach=r.boolean(m, "attach", True),
-            max_attachment_bytes=r.convert(m, "max_attachment_bytes", parse_size, 10 * MiB),
+            max_attachment_bytes=max_attachment,
             top_fields=tuple(f for f, _ in top_fields) if top_fields is not None else None,
             store_line=m.line_of("store"),
         )
@@ -530,9 +570,7 @@ def _smtp(r: _Reader, top: Map, base: Path) -> SmtpConfig | None:
             r.problem(m.line_of("from"), f"from: {wrong}")
     security = r.choice(m, "security", ("starttls", "ssl", "none"), "starttls")
     default_port = {"starttls": 587, "ssl": 465, "none": 25}[security]
-    port = r.integer(m, "port", default_port, minimum=1)
-    if port > 65535:
-        r.problem(m.line_of("port"), "port must be at most 65535")
+    port = r.integer(m, "port", default_port, minimum=1, maximum=65535)
     ca_file = r.path(m, "ca_file", base)
     if ca_file is not None and not ca_file.is_file():
         r.problem(m.line_of("ca_file"), f"ca_file {ca_file} does not exist or is not a file")
@@ -576,11 +614,15 @@ def _smtp(r: _Reader, top: Map, base: Path) -> SmtpConfig | None:
     timeout = r.convert(m, "timeout", parse_duration, 30.0)
     if timeout <= 0:
         r.problem(m.line_of("timeout"), "timeout must be more than 0")
+    r.at_most(m, "timeout", timeout, MAX_TIMEOUT, "1h")
     verify_tls = r.boolean(m, "verify_tls", True)
-    max_per_hour = r.integer(m, "max_per_hour", 100, minimum=1)
+    max_per_hour = r.integer(m, "max_per_hour", 100, minimum=1, maximum=MAX_PER_HOUR)
     retry_for = r.convert(m, "retry_for", parse_duration, 5 * 86400.0)
+    r.at_most(m, "retry_for", retry_for, MAX_RETRY_FOR, "365d")
     retry_initial = r.convert(m, "retry_initial", parse_duration, 300.0)
+    r.at_most(m, "retry_initial", retry_initial, MAX_RETRY_DELAY, "7d")
     retry_max = r.convert(m, "retry_max", parse_duration, 3600.0)
+    r.at_most(m, "retry_max", retry_max, MAX_RETRY_DELAY, "7d")
     if host is None or from_addr is None:
         return None
     return SmtpConfig(

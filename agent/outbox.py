@@ -603,7 +603,9 @@ class Sender:
     ) -> None:
         """Schedule the next attempt: retry_initial, doubling up to retry_max; the last one
         exactly when retry_for runs out."""
-        delay = min(self.smtp.retry_initial * 2 ** (attempt - 1), self.smtp.retry_max)
+        # The exponent is capped: past 2**1023 the product no longer fits a float (OverflowError),
+        # which a small retry_max against a long retry_for reaches after 1,024 attempts.
+        delay = min(self.smtp.retry_initial * 2 ** min(attempt - 1, 64), self.smtp.retry_max)
         entry.meta["next_attempt"] = min(now + delay, deadline)
         error = entry.meta.get("last_error") or {}
         session = error.get("step") not in ("mail", "rcpt", "data", "queue")

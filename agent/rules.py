@@ -6,11 +6,17 @@ a `rules:` list; a directory's files are loaded in sorted order and reloaded by 
 
 Every mistake is a `Problem` with the line of the offending key or item. A file with any problem
 loads no rule; `RuleBook` then keeps that file's previous version in force.
+
+A rule file is limited in size (MAX_RULE_FILE_BYTES, checked before it is read) and in what its
+YAML may cost (see `agent.yamlfile`), so one planted file cannot exhaust memory or time; a
+reload's scan and parse can run in a worker thread (`RuleBook.stage`) while only the swap of the
+rules in force (`RuleBook.publish`) runs where the pipeline reads them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import stat
@@ -22,7 +28,7 @@ from typing import Any, Final
 
 from agent.match import Compiler, Predicate, TimeTest, compile_when, describe, suggest
 from agent.routes import NOTHING_LEFT, Key, residual, rule_key
-from agent.yamlfile import Map, Problem, Seq, load_yaml, parse_yaml
+from agent.yamlfile import Map, Problem, Seq, parse_yaml
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,11 @@ class Rule:
         """What the router's candidate must pass: the residual if keyed, else the match."""
         return self.residual if self.key is not None else self.match
 
+
+_MiB: Final = 1024 * 1024
+# 1,000 rules of ~200 bytes are 0.2 MiB; a file past this limit is refused before it is read.
+# Parsing costs ~3 s of CPU per MiB: the limit also bounds how long one reload can take.
+MAX_RULE_FILE_BYTES: Final = 1 * _MiB
 
 RULE_KEYS: Final = ("name", "description", "enabled", "sources", "reports", "match", "when")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: `$` allows a final newline
@@ -291,12 +302,35 @@ def load_rule_file(
     report_names: Collection[str] | None = None,
 ) -> tuple[list[Rule], list[Problem]]:
     """Read, parse and compile one rule file; the default rule name is the file's stem."""
-    data, problems = load_yaml(path)
-    if problems:
-        return [], problems
-    return parse_rules(
-        data, str(path), path.stem, source_names=source_names, report_names=report_names
+    loaded = _load_guarded(path, None, None, _frozen(source_names), _frozen(report_names))
+    if loaded is None:
+        return [], [Problem(str(path), 1, "cannot read: not a regular file")]
+    return list(loaded.rules), loaded.problems
+
+
+def _too_big(file: str, size: int | None) -> Problem:
+    limit = MAX_RULE_FILE_BYTES // _MiB
+    # Rounded up, so that a file just over the limit does not read as the limit itself.
+    what = f"{math.ceil(size * 10 / _MiB) / 10} MiB" if size is not None else f"over {limit} MiB"
+    return Problem(
+        file,
+        1,
+        f"the rule file is {what}; the limit is {limit} MiB: split it into several files "
+        "in the rules directory",
     )
+
+
+def _read_bounded(path: Path, limit: int) -> bytes | None:
+    """At most `limit + 1` bytes of the regular file at `path` (more than `limit`: too big), or
+    None when it is not a regular file. Raises OSError.
+
+    Opened without blocking: a FIFO swapped in after the stat would hang open(2) otherwise.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(limit + 1)
 
 
 # --- directories and reloads -------------------------------------------------------------------
@@ -351,14 +385,20 @@ def _load_file(
     key = _stat_key(before)
     if cached is not None and cached.stat_key == key:
         return cached
+    if before.st_size > MAX_RULE_FILE_BYTES:
+        return _Loaded(file, (), [_too_big(file, before.st_size)], stat_key=key)
     try:
-        content = path.read_bytes()
+        content = _read_bounded(path, MAX_RULE_FILE_BYTES)
         # A file being written while we read, or just written, is read again next time.
         stable = _stat_key(os.stat(path)) == key and time.time_ns() - before.st_mtime_ns > _RACY_NS
     except FileNotFoundError:
         return None
     except OSError as exc:
         return _Loaded(file, (), [Problem(file, 1, f"cannot read: {exc.strerror or exc}")])
+    if content is None:
+        return None
+    if len(content) > MAX_RULE_FILE_BYTES:  # it grew after the stat
+        return _Loaded(file, (), [_too_big(file, None)])
     digest = hashlib.sha256(content).digest()
     for known in (cached, in_force):
         if known is not None and known.digest == digest:
@@ -381,6 +421,25 @@ def _load_file(
     return loaded
 
 
+def _load_guarded(
+    path: Path,
+    cached: _Loaded | None,
+    in_force: _Loaded | None,
+    source_names: frozenset[str] | None,
+    report_names: frozenset[str] | None,
+) -> _Loaded | None:
+    """`_load_file`, where an unexpected exception fails this file alone: its previous version
+    stays in force and the other files load, instead of the whole reload failing."""
+    try:
+        return _load_file(path, cached, in_force, source_names, report_names)
+    except Exception as exc:  # defence in depth: the limits should leave nothing to catch here
+        message = (
+            f"this file could not be loaded ({type(exc).__name__}: {exc}); its previous "
+            "version stays in force; please report this as a bug in tailmail"
+        )
+        return _Loaded(str(path), (), [Problem(str(path), 1, message)])
+
+
 def _scan(
     directory: Path,
     cache: dict[str, _Loaded],
@@ -393,7 +452,7 @@ def _scan(
         names = sorted(entry.name for entry in entries if is_rule_file_name(entry.name))
     loaded: dict[str, _Loaded] = {}
     for name in names:
-        current = _load_file(
+        current = _load_guarded(
             directory / name, cache.get(name), in_force.get(name), source_names, report_names
         )
         if current is not None:
@@ -497,8 +556,25 @@ def check_rules(
     return load_rules_path(rules_dir, source_names, report_names)[1]
 
 
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A reload prepared by `RuleBook.stage`, for `RuleBook.publish` to put in force.
+
+    None for `loaded` and `in_force`: the directory could not be listed, nothing changes.
+    """
+
+    loaded: dict[str, _Loaded] | None
+    in_force: dict[str, _Loaded] | None
+    problems: list[Problem]
+
+
 class RuleBook:
-    """Owns the rules loaded from rules_dir across reloads."""
+    """Owns the rules loaded from rules_dir across reloads.
+
+    The pipeline reads `rules` and `version` on the event loop's thread; `publish` is the only
+    writer and runs there too. `stage`, the slow part (listing, reading, parsing, compiling),
+    only reads the book, so it may run in a worker thread, one stage at a time.
+    """
 
     def __init__(
         self, rules_dir: Path, source_names: Collection[str], report_names: Collection[str]
@@ -519,26 +595,31 @@ class RuleBook:
         previous version in force; a removed file's rules are dropped; a missing directory
         drops every rule. Unchanged files are not parsed again.
         """
+        return self.publish(self.stage())
+
+    def stage(self) -> Staged:
+        """Scan, read, parse and compile what changed, without changing the rules in force."""
         try:
-            self._loaded = _scan(
-                self._dir, self._loaded, self._in_force, self._sources, self._reports
-            )
+            loaded = _scan(self._dir, self._loaded, self._in_force, self._sources, self._reports)
         except (FileNotFoundError, NotADirectoryError):
-            self._loaded = {}
-            self._publish({})
-            return [_missing_dir(self._dir)]
+            return Staged({}, {}, [_missing_dir(self._dir)])
         except OSError as exc:
-            return [
-                Problem(
-                    str(self._dir),
-                    1,
-                    f"cannot list the rules directory: {exc.strerror or exc}; "
-                    "the rules in force stay as they were",
-                )
-            ]
-        in_force, problems = _resolve(self._loaded, self._in_force)
-        self._publish(in_force)
-        return problems
+            problem = Problem(
+                str(self._dir),
+                1,
+                f"cannot list the rules directory: {exc.strerror or exc}; "
+                "the rules in force stay as they were",
+            )
+            return Staged(None, None, [problem])
+        in_force, problems = _resolve(loaded, self._in_force)
+        return Staged(loaded, in_force, problems)
+
+    def publish(self, staged: Staged) -> list[Problem]:
+        """Put a staged reload in force at once; return its problems."""
+        if staged.loaded is not None and staged.in_force is not None:
+            self._loaded = staged.loaded
+            self._publish(staged.in_force)
+        return staged.problems
 
     def _publish(self, in_force: dict[str, _Loaded]) -> None:
         self._in_force = in_force

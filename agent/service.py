@@ -198,10 +198,28 @@ class Service:
             await self.rules_changed.wait()
             await asyncio.sleep(RULES_SETTLE_SECONDS)
             self.rules_changed.clear()
-            before = self.rulebook.version
-            self._log_problems(self.rulebook.reload())
-            if self.rulebook.version != before:
-                log.info("rules.reloaded", rules=len(self.rulebook.rules))
+            await self.reload_rules()
+
+    async def reload_rules(self) -> None:
+        """Reload the rule files without holding up the event loop.
+
+        Listing, reading and parsing (up to seconds for a big file) run in a worker thread;
+        only the swap of the rules in force runs here, in one step of the loop, so the
+        pipeline sees the old rules or the new ones, never a half-built set. A failure of the
+        reload itself leaves the rules in force as they were.
+        """
+        before = self.rulebook.version
+        try:
+            staged = await asyncio.to_thread(self.rulebook.stage)
+            problems = self.rulebook.publish(staged)
+        except Exception as exc:
+            log.exception(
+                "rules.reload_failed", error=repr(exc), hint="the rules in force stay as they were"
+            )
+            return
+        self._log_problems(problems)
+        if self.rulebook.version != before:
+            log.info("rules.reloaded", rules=len(self.rulebook.rules))
 
     async def _rescan_loop(self, watcher: Watcher) -> None:
         while True:
@@ -396,6 +414,12 @@ async def run(config_path: Path, config: Config) -> int:
                 for problem in exc.problems:
                     log.error("config.problem", problem=str(problem))
                 log.error("config.reload_failed", hint="keeping the running configuration")
+            except Exception as exc:  # defence in depth: a bug met in the new config stops nothing
+                log.exception(
+                    "config.reload_failed",
+                    error=repr(exc),
+                    hint="keeping the running configuration",
+                )
         notifier.stopping()
         log.info("service.stopped")
         return 0

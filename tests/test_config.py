@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import time
 from pathlib import Path
@@ -978,6 +979,113 @@ def test_one_address_item_cannot_hold_two_recipients(tmp_path: Path) -> None:
     assert problems[0].startswith(f"{path}:{marked_line(text)}: to: ")
 
 
+# --- numbers out of all proportion -----------------------------------------------------------
+
+# Every numeric key, where it is written (`SOURCE`, `REPORT` or `SMTP` block) and what it holds.
+NUMERIC_KEYS = {
+    "max_line_bytes": ("sources", "size"),
+    "keep": ("reports", "integer"),
+    "max_attachment_bytes": ("reports", "size"),
+    "port": ("smtp", "integer"),
+    "timeout": ("smtp", "duration"),
+    "max_per_hour": ("smtp", "integer"),
+    "retry_for": ("smtp", "duration"),
+    "retry_initial": ("smtp", "duration"),
+    "retry_max": ("smtp", "duration"),
+}
+HUGE = {  # what an operator (or a planted environment variable) could write
+    "400-digits": "1" * 400,
+    "400-digits-with-unit": "1" * 400 + "{unit}",
+    "float-max": "1.7e308",
+    "inf": ".inf",
+    "5000-digits-from-env": "${HUGE}",
+    "5000-digits": "1" * 5000,
+}
+MAXIMA = {"integer": {"keep": 10000, "port": 65535, "max_per_hour": 100000}}
+
+
+def huge_message(key: str, kind: str, case: str) -> str:
+    """What `check` says about `key: HUGE[case]`."""
+    if case == "5000-digits":
+        return (
+            "invalid value: the number 111111111111… is too long: a number has at most 4300 "
+            "digits; quote it if it is text"
+        )
+    if kind == "integer":
+        if case == "400-digits":
+            return f"{key} must be at most {MAXIMA['integer'][key]}"
+        return f"{key} must be a whole number"
+    noun = {
+        "size": "a size; write e.g. 1048576, 512KiB or 10MiB",
+        "duration": "a duration; write e.g. 90s, 15m, 2h or 5d",
+    }[kind]
+    if case == "inf":
+        return f"{key}: inf is not {noun}"
+    if kind == "size" and case == "float-max":
+        return f"{key}: 1.7e+308 is not {noun}"
+    if kind == "size":
+        return f"{key}: that is more than 1 TiB, too large for any size here; write e.g. 10MiB"
+    return f"{key}: that is more than 10 years, too long for any duration here"
+
+
+@pytest.mark.parametrize("case", sorted(HUGE))
+@pytest.mark.parametrize("key", sorted(NUMERIC_KEYS))
+def test_huge_numbers_are_one_located_problem(tmp_path: Path, key: str, case: str) -> None:
+    """Every numeric key refuses numbers past all reason (400 or 5,000 digits, 1.7e308, .inf, a huge ${VAR}) with one problem at its line, never another exception."""
+    block, kind = NUMERIC_KEYS[key]
+    unit = {"size": "MiB", "duration": "s"}.get(kind, "MiB")
+    value = HUGE[case].replace("{unit}", unit)
+    line = f"  {key}: {value}  #!\n"
+    if block == "sources":
+        text = config_text(sources=SOURCE + "  " + line)
+    elif block == "reports":
+        text = config_text(reports=REPORT + "  " + line)
+    else:
+        text = config_text(smtp=SMTP + line)
+    path = write(tmp_path, text)
+    assert problems_of(path, {"HUGE": "9" * 5000}) == [
+        f"{path}:{marked_line(text)}: {huge_message(key, kind, case)}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "largest", "over", "message"),
+    [
+        ("sources", "max_line_bytes", "256MiB", "257MiB", "max_line_bytes must be at most 256MiB"),
+        (
+            "reports",
+            "max_attachment_bytes",
+            "1GiB",
+            "1025MiB",
+            "max_attachment_bytes must be at most 1GiB",
+        ),
+        ("reports", "keep", "10000", "10001", "keep must be at most 10000"),
+        ("smtp", "port", "65535", "65536", "port must be at most 65535"),
+        ("smtp", "max_per_hour", "100000", "100001", "max_per_hour must be at most 100000"),
+        ("smtp", "timeout", "1h", "3601s", "timeout must be at most 1h"),
+        ("smtp", "retry_for", "365d", "366d", "retry_for must be at most 365d"),
+        ("smtp", "retry_initial", "7d", "8d", "retry_initial must be at most 7d"),
+        ("smtp", "retry_max", "1w", "169h", "retry_max must be at most 7d"),
+    ],
+)
+def test_each_numeric_key_has_an_upper_bound(
+    tmp_path: Path, block: str, key: str, largest: str, over: str, message: str
+) -> None:
+    """Each numeric key accepts its largest sensible value and refuses the next one up with a message naming the bound."""
+
+    def text(value: str) -> str:
+        line = f"  {key}: {value}  #!\n"
+        if block == "sources":
+            return config_text(sources=SOURCE + "  " + line)
+        if block == "reports":
+            return config_text(reports=REPORT + "  " + line)
+        return config_text(smtp=SMTP + line)
+
+    load(tmp_path, text(largest))
+    path = write(tmp_path, text(over))
+    assert problems_of(path) == [f"{path}:{marked_line(text(over))}: {message}"]
+
+
 # --- the helpers ------------------------------------------------------------------------------
 
 
@@ -1002,9 +1110,24 @@ def test_parse_size(value: object, expected: int) -> None:
     assert parse_size(value) == expected
 
 
-@pytest.mark.parametrize("value", [-1, True, "10 parsecs", "MiB", "-5MiB", "", "1e6"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        -1,
+        True,
+        "10 parsecs",
+        "MiB",
+        "-5MiB",
+        "",
+        "1e6",
+        10**400,
+        "1" * 400,
+        "2TiB",
+        "1" * 400 + "MiB",
+    ],
+)
 def test_parse_size_rejects(value: object) -> None:
-    """Negative numbers, booleans and text that is not a size raise ValueError."""
+    """Negative numbers, booleans, text that is not a size, and sizes over 1 TiB raise ValueError (never OverflowError)."""
     with pytest.raises(ValueError):
         parse_size(value)
 
@@ -1029,9 +1152,27 @@ def test_parse_duration(value: object, expected: float) -> None:
     assert parse_duration(value) == expected
 
 
-@pytest.mark.parametrize("value", [-1, False, "forever", "5 days", "1y", "-5s", "", "5D"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        -1,
+        False,
+        "forever",
+        "5 days",
+        "1y",
+        "-5s",
+        "",
+        "5D",
+        10**400,
+        1e308,
+        math.inf,
+        math.nan,
+        "1" * 400,
+        "3651d",
+    ],
+)
 def test_parse_duration_rejects(value: object) -> None:
-    """Negative numbers, booleans and text that is not a duration raise ValueError."""
+    """Negative numbers, booleans, text that is not a duration, and durations over 10 years or not finite raise ValueError (never OverflowError)."""
     with pytest.raises(ValueError):
         parse_duration(value)
 

@@ -559,6 +559,21 @@ async def test_cancelled_during_quit_counts_as_delivered(
     assert [e["event"] for e in h.outbox.history()] == ["delivered"]
 
 
+async def test_backoff_after_a_thousand_attempts_is_still_retry_max(
+    make: Any, closed_port: int
+) -> None:
+    """The 1,100th attempt is deferred by retry_max like the tenth: the doubling never overflows a float."""
+    smtp = replace(unreachable(closed_port), retry_initial=1.0, retry_max=60.0)
+    h: Harness = make(smtp)
+    id = h.put()
+    [entry] = h.outbox.entries()
+    h.outbox.update(entry, {**entry.meta, "attempts": 1099})
+    with structlog.testing.capture_logs() as logs:
+        assert await h.sender.deliver_due() == 60.0
+    assert "outbox.attempt_failed" not in [e["event"] for e in logs]
+    assert h.queued(id)["attempts"] == 1100 and h.queued(id)["next_attempt"] == T0 + 60.0
+
+
 async def test_outbox_write_failure_does_not_stop_the_sender(
     smtp_server: StartServer, make: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

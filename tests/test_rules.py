@@ -6,10 +6,14 @@ import os
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hostile import HOSTILE
 
+import agent.rules
 from agent.rules import (
+    MAX_RULE_FILE_BYTES,
     Rule,
     RuleBook,
     check_rules,
@@ -441,3 +445,115 @@ def test_rulebook_missing_directory(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").rename(rules_dir / "a.yaml")
     assert book.reload() == []
     assert names(book.rules) == ["a"] and book.version == 3
+
+
+# --- hostile rule files ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_rule_file_is_a_located_problem(tmp_path: Path, book: RuleBook, kind: str) -> None:
+    """A deep, alias-bomb, huge-number or oversized rule file is one FILE:LINE problem; an edit to it keeps the previous version in force."""
+    hostile = HOSTILE[kind]
+    write(tmp_path, "a.yaml", "match: {level: error}\n")
+    assert book.reload() == []
+    (tmp_path / "a.yaml").write_text(hostile.text)  # an edit that turns a good file hostile
+    (tmp_path / "b.yaml").write_text(hostile.text)  # and a new file
+    expected = [
+        Problem(str(tmp_path / name), hostile.line, hostile.message)
+        for name in ("a.yaml", "b.yaml")
+    ]
+    assert book.reload() == expected
+    assert names(book.rules) == ["a"]
+    assert check_rules(tmp_path, SOURCES, REPORTS) == expected
+    assert load_rule_file(tmp_path / "b.yaml") == ([], expected[1:])
+
+
+def test_oversized_rule_file_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size limit is checked on the file's stat, before a byte of it is read."""
+    path = write(tmp_path, "big.yaml", HOSTILE["oversized"].text)
+    reads: list[Path] = []
+    monkeypatch.setattr(agent.rules, "_read_bounded", lambda file, limit: reads.append(file))
+    assert load_rules_path(tmp_path)[1] == [Problem(str(path), 1, HOSTILE["oversized"].message)]
+    assert reads == []
+
+
+def test_rule_file_that_grows_past_the_limit_while_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that was small at the stat but grew before the read is refused: no more than the limit + 1 bytes are read."""
+    path = write(tmp_path, "grows.yaml", "match: {level: error}\n")
+    read = agent.rules._read_bounded
+    lengths: list[int] = []
+
+    def grow_then_read(file: Path, limit: int) -> bytes | None:
+        with file.open("a") as f:
+            f.write(HOSTILE["oversized"].text)
+        content = read(file, limit)
+        lengths.append(len(content or b""))
+        return content
+
+    monkeypatch.setattr(agent.rules, "_read_bounded", grow_then_read)
+    message = (
+        "the rule file is over 1 MiB; the limit is 1 MiB: split it into several files in the "
+        "rules directory"
+    )
+    assert load_rules_path(tmp_path)[1] == [Problem(str(path), 1, message)]
+    assert lengths == [MAX_RULE_FILE_BYTES + 1]
+
+
+def test_a_thousand_rules_fit_in_one_file_comfortably(tmp_path: Path) -> None:
+    """1,000 rules of ~200 bytes in one file are well under the size limit and all load."""
+    rules = "".join(
+        f"  - name: rule-{n:04d}\n"
+        f"    description: Failed logins of user {n:04d} from outside the office network\n"
+        f"    match:\n"
+        f"      all:\n"
+        f"        - user.name: user{n:04d}\n"
+        f"        - event: {{startswith: login.}}\n"
+        f"        - not: {{remote_ip: {{cidr: 10.0.0.0/8}}}}\n"
+        for n in range(1000)
+    )
+    path = write(tmp_path, "many.yaml", "rules:\n" + rules)
+    assert 190_000 < path.stat().st_size < MAX_RULE_FILE_BYTES / 4
+    loaded, problems = load_rules_path(tmp_path, SOURCES, REPORTS)
+    assert problems == [] and len(loaded) == 1000
+
+
+def test_unexpected_error_in_one_file_fails_that_file_alone(
+    tmp_path: Path, book: RuleBook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: an exception while loading one file is a problem for it; its previous version stays, the others load."""
+    for name in ("a", "b", "c"):
+        write(tmp_path, f"{name}.yaml", f"match: {{{name}: 1}}\n")
+    assert book.reload() == []
+    parse = agent.rules.parse_yaml
+
+    def broken_for_b(text: str, file: str) -> tuple[Any, list[Problem]]:
+        if file.endswith("b.yaml"):
+            raise RuntimeError("boom")
+        return parse(text, file)
+
+    monkeypatch.setattr(agent.rules, "parse_yaml", broken_for_b)
+    write(tmp_path, "b.yaml", "match: {b: 2}\n")
+    write(tmp_path, "d.yaml", "match: {d: 1}\n")
+    message = (
+        "this file could not be loaded (RuntimeError: boom); its previous version stays in "
+        "force; please report this as a bug in tailmail"
+    )
+    assert book.reload() == [Problem(str(tmp_path / "b.yaml"), 1, message)]
+    assert names(book.rules) == ["a", "b", "c", "d"]
+    assert [r.match({"b": 1}) for r in book.rules if r.name == "b"] == [True]
+
+
+def test_stage_changes_nothing_until_published(tmp_path: Path, book: RuleBook) -> None:
+    """stage() reads and compiles but leaves the rules in force and the version alone; publish() swaps them in one step."""
+    write(tmp_path, "a.yaml", "match: {a: 1}\n")
+    book.reload()
+    rules, version = book.rules, book.version
+    write(tmp_path, "b.yaml", "match: {b: 1}\n")
+    write(tmp_path, "c.yaml", "match: {c: [}\n")
+    staged = book.stage()
+    assert book.rules is rules and book.version == version
+    assert [p.file for p in book.publish(staged)] == [str(tmp_path / "c.yaml")]
+    assert names(book.rules) == ["a", "b"] and book.version == version + 1

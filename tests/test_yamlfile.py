@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import DEPTH, EXPANSION, TOO_LONG, billion_laughs, nested_all
 
-from agent.yamlfile import Map, Problem, ProblemsError, Seq, load_yaml, parse_yaml
+from agent import yamlfile
+from agent.yamlfile import MAX_DEPTH, Map, Problem, ProblemsError, Seq, load_yaml, parse_yaml
 
 
 def value_of(text: str) -> Any:
@@ -206,13 +208,88 @@ def test_aliases_are_expanded() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_alias_bomb_is_bounded() -> None:
-    """A "billion laughs" document (nine levels of ten aliases, a few hundred bytes) does not expand into 10**9 nodes."""
-    lines = ["a0: &a0 [lol]"]
-    for level in range(1, 10):
-        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]")
-    text = "\n".join(lines) + "\n"
-    parse_yaml(text, "f.yaml")  # either shares the anchored value or reports a problem
+def test_alias_bomb_is_refused_where_it_crosses_the_limit() -> None:
+    """A "billion laughs" document (9**9 values from 400 bytes) is refused at the line whose alias crosses the limit, before anything expands."""
+    text = billion_laughs()
+    assert len(text) < 500
+    # Level 6 stands for 9**6 = 531,441 values: its first alias already crosses 200,000.
+    assert parse_yaml(text, "f.yaml") == (None, [Problem("f.yaml", 6, EXPANSION)])
+
+
+def test_aliases_within_the_limit_are_shared_and_counted_in_full() -> None:
+    """Aliases are shared, not copied, yet each counts as all it repeats: one more repetition crosses the limit."""
+    # Level e stands for 66,430 values (9**5 x, and the lists); with a to e, ~75,000 in all.
+    ok = billion_laughs(levels=5).replace("match: {x: {in: *e}}", "u: [*e]")
+    data, problems = parse_yaml(ok, "f.yaml")
+    assert problems == []
+    assert data["u"][0] is data["e"]
+    too_many = ok.replace("u: [*e]", "u: [*e, *e]")  # 75,000 + 2 * 66,430
+    assert parse_yaml(too_many, "f.yaml") == (None, [Problem("f.yaml", 6, EXPANSION)])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a: &a [*a]\n", "a: &a {b: [1, *a]}\n"],
+    ids=["list", "mapping"],
+)
+def test_an_alias_inside_its_own_anchor_is_refused(text: str) -> None:
+    """An alias that refers to the value it is part of (a loop) is a problem, not a RecursionError."""
+    message = (
+        "the alias *a is inside the value it names, which would repeat without end; "
+        "write the value out instead"
+    )
+    assert parse_yaml(text, "f.yaml") == (None, [Problem("f.yaml", 1, message)])
+
+
+def test_deep_nesting_is_refused_while_composing() -> None:
+    """300 nested `all:` levels are refused at the line where the 65th level begins, without a RecursionError."""
+    # match (1), then all's list and its item mapping per level: level 31's list is the 64th.
+    assert parse_yaml(nested_all(300), "f.yaml") == (None, [Problem("f.yaml", 64, DEPTH)])
+    flow = "match: " + "{all: [" * 300 + "{a: 1}" + "]}" * 300 + "\n"
+    assert parse_yaml(flow, "f.yaml") == (None, [Problem("f.yaml", 1, DEPTH)])
+
+
+def test_nesting_up_to_the_limit_loads() -> None:
+    """A document exactly MAX_DEPTH levels deep loads; one level more is refused."""
+    assert MAX_DEPTH == 64
+
+    def lists(n: int) -> str:  # the mapping, n lists, the scalar: n + 2 levels
+        return "a: " + "[" * n + "x" + "]" * n + "\n"
+
+    assert parse_yaml(lists(MAX_DEPTH - 2), "f.yaml")[1] == []
+    assert parse_yaml(lists(MAX_DEPTH - 1), "f.yaml") == (None, [Problem("f.yaml", 1, DEPTH)])
+
+
+def test_recursion_error_is_a_problem_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: were the depth limit gone, a RecursionError would still be a problem at line 1."""
+    monkeypatch.setattr(yamlfile, "MAX_DEPTH", 10**6)
+    flow = "a: " + "[" * 5000 + "]" * 5000 + "\n"
+    assert parse_yaml(flow, "f.yaml") == (
+        None,
+        [Problem("f.yaml", 1, "the document nests too deeply; keep it under 1000000 levels")],
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "shown"),
+    [
+        ("1" * 5000, "1" * 12),
+        ("-" + "9" * 4301, "-" + "9" * 11),
+        ("0x" + "f" * 3600, "0x" + "f" * 10),
+    ],
+    ids=["5000-digits", "4301-digits", "hex-over-10**4300"],
+)
+def test_numbers_longer_than_python_allows_are_problems(number: str, shown: str) -> None:
+    """An integer of more digits than Python converts (4,300) is a located problem, not a ValueError."""
+    data, problems = parse_yaml(f"a: 1\nmatch: {{n: {{gt: {number}}}}}\n", "f.yaml")
+    assert problems == [Problem("f.yaml", 2, TOO_LONG.format(shown))]
+    assert data["match"]["n"]["gt"] is None
+
+
+def test_numbers_of_4300_digits_load() -> None:
+    """4,300 digits is still a number, and one that can be printed in a message."""
+    assert value_of("7" * 4300) == int("7" * 4300)
+    assert len(str(value_of("0x" + "f" * 3000))) == 3613
 
 
 @pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b"], ids=["NUL", "BEL", "ESC"])
