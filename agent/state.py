@@ -199,6 +199,7 @@ class Rotation:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Rotation:
+        _instant(d["stats"]["start"])
         return cls(
             rotated=Path(d["rotated"]), start=_instant(d["start"]), end=_instant(d["end"]),
             day=date.fromisoformat(d["day"]), stats=PeriodStats.from_dict(d["stats"]),
@@ -269,6 +270,8 @@ class Checkpoint:
                 f"written by a newer tailmail (format {d['version']}; this one reads {VERSION})"
             )
         try:
+            for report in d.get("reports", {}).values():
+                _instant(report["stats"]["start"])  # a period must start at a usable instant
             return cls(
                 files={k: FileState.from_dict(v) for k, v in d.get("files", {}).items()},
                 reports={k: ReportState.from_dict(v) for k, v in d.get("reports", {}).items()},

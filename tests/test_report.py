@@ -508,6 +508,33 @@ def test_unreadable_rotated_file_is_reported_red_not_lost(tmp_path: Path) -> Non
         assert "could not be read" in body
 
 
+def test_missing_store_file_is_red_and_listed_with_the_problems(tmp_path: Path) -> None:
+    """Events selected but no store file at all: the status is red and the Problems section
+    lists the same reason (it said "None in this period" under a red bar)."""
+    day = make_day(tmp_path, rotated_file=None)
+    msg = parse(build_report(day.inp))
+    assert msg["X-Tailmail-Status"] == "red"
+    for body in bodies(msg):
+        flat = " ".join(body.split())
+        assert "60 events were selected but the store file is missing" in flat
+        assert "None in this period" not in flat
+        problems = flat[flat.index("Problems") :]
+        assert "the store file is missing" in problems
+
+
+def test_possible_losses_are_amber_and_listed(tmp_path: Path) -> None:
+    """A possible loss that cannot be known (copytruncate's window) makes the report amber and
+    is listed under its own heading, in both parts."""
+    loss = "source app: /var/log/app/events.json was rotated by copytruncate: lines written between its copy and its truncate, if there were any, are lost"
+    day = make_day(tmp_path, possible_losses=(loss,))
+    msg = parse(build_report(day.inp))
+    assert msg["X-Tailmail-Status"] == "amber"
+    for body in bodies(msg):
+        flat = " ".join(body.split())
+        assert "Possible losses" in flat and "if there were any, are lost" in flat
+        assert "None in this period" not in flat
+
+
 def test_empty_store_file_despite_selected_events_is_red(tmp_path: Path) -> None:
     """Figures that count selected events the store file does not hold are a red problem."""
     day = make_day(tmp_path)
