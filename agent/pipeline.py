@@ -186,28 +186,32 @@ class Pipeline:
         self._refresh_routes()
         progressed = False
         spent = 0
+        # The first round looks at every file; the next ones only at those that gave bytes in
+        # the round before: with thousands of files, one busy file must not make every round
+        # look at all of them. A file that gets bytes meanwhile wakes the next pump.
+        files = self._every_file()
         while spent < budget:
-            round_progress = False
-            for tailer in self.tailers:
-                for tailed in list(tailer.files.values()):
-                    try:
-                        chunk = tailer.read(tailed)
-                    except OSError as exc:
-                        log.error(
-                            "source.read_failed",
-                            source=tailer.config.name,
-                            path=tailed.state.path,
-                            error=str(exc),
-                        )
-                        continue
-                    if chunk is None:
-                        continue
-                    self._process(tailer, tailed, chunk)
-                    spent += chunk.end - chunk.start
-                    round_progress = True
-            if not round_progress:
+            busy: list[tuple[SourceTailer, Tailed]] = []
+            for tailer, tailed in files:
+                try:
+                    chunk = tailer.read(tailed)
+                except OSError as exc:
+                    log.error(
+                        "source.read_failed",
+                        source=tailer.config.name,
+                        path=tailed.state.path,
+                        error=str(exc),
+                    )
+                    continue
+                if chunk is None:
+                    continue
+                self._process(tailer, tailed, chunk)
+                spent += chunk.end - chunk.start
+                busy.append((tailer, tailed))
+            if not busy:
                 break
             progressed = True
+            files = busy
         self._uncommitted += spent
         if self._uncommitted:
             if (
@@ -220,6 +224,9 @@ class Pipeline:
                 for store in self.stores.values():
                     store.write()  # memory stays bounded by one pump
         return progressed
+
+    def _every_file(self) -> list[tuple[SourceTailer, Tailed]]:
+        return [(tailer, tailed) for tailer in self.tailers for tailed in tailer.files.values()]
 
     def behind(self) -> int:
         return sum(t.behind for tailer in self.tailers for t in tailer.files.values())

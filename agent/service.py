@@ -14,6 +14,7 @@ import contextlib
 import faulthandler
 import gc
 import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -321,8 +322,27 @@ class Service:
             log.error("rules.problem", problem=str(problem))
 
 
+def raise_open_files_limit() -> None:
+    """Every source file is held open, so a glob of 10,000 files needs 10,000 descriptors; the
+    soft limit is often 1024. It goes up to the hard limit (asyncio waits with epoll: no
+    select() limit applies). systemd's units set LimitNOFILE= instead: their system-call filter
+    forbids this call. Beyond the limit, sources.py opens no more files than leave a reserve."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit is capped by the kernel (fs.nr_open, 1048576 by default).
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (OSError, ValueError) as exc:
+        log.info("service.open_files_limit", soft=soft, hard=hard, raised=False, error=str(exc))
+        return
+    log.debug("service.open_files_limit", soft=want, hard=hard, was=soft)
+
+
 async def run(config_path: Path, config: Config) -> int:
     """The whole service: lock, serve (again after each SIGHUP), release."""
+    raise_open_files_limit()
     notifier = Notifier()
     # When the watchdog gives up on a hung service, systemd sends SIGABRT: print every thread's
     # stack to stderr (the journal) before dying, to show where it hung.
