@@ -209,7 +209,13 @@ class Pipeline:
                 spent += chunk.end - chunk.start
                 busy.append((tailer, tailed))
             if not busy:
-                break
+                if not any(tailer.scan_wanted for tailer in self.tailers):
+                    break
+                # A file was found truncated: its new content waits until a scan has looked for
+                # the copy that continues its old content (copytruncate copies first).
+                self.rescan()
+                files = self._every_file()
+                continue
             progressed = True
             files = busy
         self._uncommitted += spent

@@ -8,6 +8,13 @@ its end and has stopped growing, so a writer that keeps writing to a renamed fil
 The fingerprint also recognises a copy (copytruncate, `events.json` -> `events.json.1`, when the
 source's path matches both): a file first seen with the first bytes of a file being read waits,
 and once the original is truncated the copy continues at the original's old position.
+
+A file that replaced another is read only once the one it replaced has been read as far as its
+writer got before writing to the new one: the file that took the path of a renamed (or deleted)
+one, and the truncated original's new content after the copy that continues its old content.
+The link is kept in the checkpoint (`FileState.successor`, on the older file), so it holds across
+a restart; a new file found at the path the checkpoint recorded for a file now elsewhere is
+linked to it as well (rotation while the agent was stopped).
 """
 
 from __future__ import annotations
@@ -170,6 +177,13 @@ class Tailed:
     grew_at: float = field(default_factory=time.monotonic)  # when it last gave us bytes
     real_of: str = ""  # the path `real_dir` was resolved for
     real_dir: Path = Path()  # the directory it really is in (through symlinks)
+    # The file it replaced (see the module's docstring), read first: its key, and its size when
+    # this one was first seen with bytes to read (all its writer wrote there before this one).
+    after: str = ""
+    after_size: int = -1
+    # Truncated at a position a copy may continue: its new content waits until this scan has
+    # run (and found the copy, or not), so that the copy's lines come first.
+    copy_due: int = 0
 
     @property
     def behind(self) -> int:
@@ -194,6 +208,11 @@ class Retired:
     def from_dict(cls, d: dict[str, Any]) -> Retired:
         # Loaded at start: kept through the first scan, which finds a copy made meanwhile.
         return cls(0, FileState.from_dict(d["state"]), bytes.fromhex(d.get("head", "")))
+
+    @property
+    def key(self) -> str:
+        """The key of the file whose content was replaced: its new content waits for the copy."""
+        return f"{self.state.source}:{self.state.dev}:{self.state.ino}"
 
     def copied_by(self, head: bytes) -> bool:
         """Whether a file starting with `head` is a copy of the old content.
@@ -227,6 +246,14 @@ class SourceTailer:
     losses: list[dict[str, Any]] = field(default_factory=list)
     release_quiet: float = RELEASE_QUIET_SECONDS
     heads: Heads = field(default_factory=Heads)  # the settled open files by their first bytes
+    # Which file each path led to at the last look (at start: the checkpoint's paths), kept
+    # while that file is open: a new file found there replaced it.
+    at: dict[str, str] = field(default_factory=dict)
+    # A truncation was seen outside a scan: the copy that continues it is looked for at once.
+    scan_wanted: bool = False
+
+    def __post_init__(self) -> None:
+        self.at = {state.path: key for key, state in self.known.items()}
 
     def paths(self) -> list[str]:
         pattern = self.config.path
@@ -239,9 +266,12 @@ class SourceTailer:
         seen: set[str] = set()
         unreadable: dict[str, str] = {}
         self.scans += 1
+        self.scan_wanted = False
         for expired in [r for r in self.retired if r.scan < self.scans - 1]:
             self._expire(expired)
         self.retired = [r for r in self.retired if r.scan >= self.scans - 1]
+        found: dict[str, str] = {}  # path -> key
+        opened: list[tuple[Tailed, bool]] = []
         room: int | None = -1  # descriptors left for new files; -1: not counted yet
         for path in self.paths():
             if path.endswith(COMPRESSED):
@@ -254,6 +284,7 @@ class SourceTailer:
                 continue
             key = f"{self.config.name}:{st.st_dev}:{st.st_ino}"
             seen.add(key)
+            found[path] = key
             tailed = self.files.get(key)
             if tailed is not None:
                 tailed.state.path = path
@@ -266,7 +297,7 @@ class SourceTailer:
                 unreadable[path] = TOO_MANY
                 continue
             try:
-                self._open(key, path)
+                opened.append(self._open(key, path))
             except OSError as exc:
                 unreadable[path] = exc.strerror or str(exc)
                 continue
@@ -279,6 +310,7 @@ class SourceTailer:
         for tailed in list(self.files.values()):
             if tailed.unsettled:
                 self._settle(tailed)
+        self._link(opened, found)
         self._release_unmatched(seen)
         missing = not self.files and not unreadable
         if missing and not self.missing:
@@ -304,7 +336,76 @@ class SourceTailer:
                 hint="raise LimitNOFILE (systemctl edit tailmail) or match fewer files",
             )
 
-    def _open(self, key: str, path: str) -> None:
+    def _link(self, opened: list[tuple[Tailed, bool]], found: dict[str, str]) -> None:
+        """Note which new file replaced which open one, so that the older is read first."""
+        for tailed, new in opened:
+            if not new and tailed.state.successor:
+                # Resumed after a restart: the link it had is taken up again.
+                successor = self.files.get(tailed.state.successor)
+                if successor is None or not self._follow(successor, tailed):
+                    tailed.state.successor = ""
+            elif new and not tailed.after:
+                previous = self.files.get(self.at.get(tailed.state.path, ""))
+                if previous is not None and previous is not tailed:
+                    self._follow(tailed, previous)
+        self.at.update(found)
+        for path in [p for p, key in self.at.items() if key not in self.files]:
+            del self.at[path]
+
+    def _follow(self, tailed: Tailed, previous: Tailed) -> bool:
+        """Read `tailed` only after `previous`, as far as its writer got before `tailed`'s
+        first bytes; whether linked (never into a loop, never after a file that may be a copy
+        and might not be read at all)."""
+        if previous.unsettled:
+            return False
+        if tailed.after == previous.key:
+            return True
+        step: Tailed | None = previous
+        for _ in range(len(self.files)):
+            if step is None or not step.after:
+                break
+            if step.after == tailed.key:
+                return False
+            step = self.files.get(step.after)
+        old = self.files.get(tailed.after)
+        if old is not None and old.state.successor == tailed.key:
+            old.state.successor = ""
+        tailed.after, tailed.after_size = previous.key, -1
+        previous.state.successor = tailed.key
+        log.info(
+            "source.read_after",
+            source=self.config.name,
+            path=tailed.state.path,
+            after=previous.state.path,
+        )
+        return True
+
+    def _held_back(self, tailed: Tailed) -> bool:
+        """Whether `tailed` must wait for the file it replaced to be read as far as its writer
+        got before writing to `tailed`. That size is taken once `tailed` is seen with bytes to
+        read: a writer switches files, it does not write to both at once, so every byte it
+        wrote to the old file before those is there by then."""
+        previous = self.files.get(tailed.after)
+        if previous is not None and not previous.unsettled:
+            try:
+                if tailed.after_size < 0:
+                    if os.fstat(tailed.fd).st_size <= tailed.splitter.read_pos:
+                        tailed.at_end = True
+                        return True  # nothing to read yet
+                    tailed.after_size = os.fstat(previous.fd).st_size
+                size = os.fstat(previous.fd).st_size
+            except OSError:
+                size = 0
+            # Not beyond its size now: a file cut shorter meanwhile must not stall this one.
+            if previous.splitter.read_pos < min(tailed.after_size, size):
+                return True
+            if previous.state.successor == tailed.key:
+                previous.state.successor = ""
+        tailed.after, tailed.after_size = "", -1
+        return False
+
+    def _open(self, key: str, path: str) -> tuple[Tailed, bool]:
+        """Open a file not open yet; also whether it is new (not continued from a position)."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
@@ -353,7 +454,8 @@ class SourceTailer:
             self.known[key] = state
             self.heads.put(key, head)
         splitter = LineSplitter(self.config.max_line_bytes, state.offset, state.skipping)
-        self.files[key] = Tailed(key, state, fd, splitter, unsettled=unsettled, head=head)
+        tailed = self.files[key] = Tailed(key, state, fd, splitter, unsettled=unsettled, head=head)
+        return tailed, known is None
 
     def _retire(
         self, state: FileState, offset: int, skipping: bool, head: bytes, seen: int
@@ -404,6 +506,7 @@ class SourceTailer:
         # Fingerprint what is there now: the file may have been empty or half-written when opened.
         tailed.head = head
         state.fingerprint, state.fp_len = _fingerprint(head)
+        claimed: Retired | None = None
         for i, retired in enumerate(self.retired):
             if retired.copied_by(head):
                 del self.retired[i]
@@ -435,10 +538,16 @@ class SourceTailer:
                     offset=state.offset,
                     original=old.path,
                 )
+                claimed = retired
                 break
         tailed.unsettled = False
         self.known[tailed.key] = state
         self.heads.put(tailed.key, head)
+        original = self.files.get(claimed.key) if claimed is not None else None
+        if original is not None and original is not tailed:
+            # The original's new content comes after the rest of its old content.
+            original.copy_due = 0
+            self._follow(original, tailed)
         return True
 
     def _check_truncated(self, tailed: Tailed, st: os.stat_result | None = None) -> None:
@@ -489,7 +598,8 @@ class SourceTailer:
         os.close(self.files.pop(key).fd)
 
     def read(self, tailed: Tailed, limit: int = READ_BYTES) -> Chunk | None:
-        """Read the next batch of one file; None at its end (or while it may be a copy)."""
+        """Read the next batch of one file; None at its end (or while it may be a copy, or
+        while the file it replaced has bytes to be read first)."""
         if tailed.unsettled and not self._settle(tailed):
             tailed.at_end = True
             return None
@@ -505,6 +615,10 @@ class SourceTailer:
         # Checked before every read, not only at the end: new content written past our position
         # after a truncate would otherwise be read from the middle, its start lost.
         self._check_truncated(tailed, st)
+        if tailed.copy_due > self.scans:
+            return None  # truncated: the copy that continues its old content is looked for first
+        if tailed.after and self._held_back(tailed):
+            return None
         splitter = tailed.splitter
         pos = splitter.read_pos
         data = os.pread(tailed.fd, limit, pos)
@@ -529,6 +643,7 @@ class SourceTailer:
             offset=tailed.splitter.read_pos, size=size,
         )  # fmt: skip
         tailed.truncations += 1
+        before = len(self.retired)
         self._retire(
             tailed.state,
             tailed.splitter.offset,
@@ -536,6 +651,11 @@ class SourceTailer:
             tailed.head,
             tailed.seen_size,
         )
+        if len(self.retired) > before:
+            # A copy of the old content may be there already (copytruncate copies first): the
+            # next scan, wanted now, finds it before the new content is read.
+            tailed.copy_due = self.scans + 1
+            self.scan_wanted = True
         tailed.seen_size = size
         tailed.splitter = LineSplitter(self.config.max_line_bytes)
         tailed.state.offset = 0
