@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import faulthandler
 import gc
+import math
 import os
 import resource
 import signal
@@ -36,7 +37,10 @@ from agent.yamlfile import ProblemsError
 
 log = structlog.get_logger("tailmail.service")
 
-RESCAN_SECONDS = 30.0  # safety net for events inotify cannot see (NFS, a directory created later)
+RESCAN_SECONDS = 30.0  # safety net for events inotify cannot see (NFS, a lost event queue)
+# A test hook, not a setting: a huge interval leaves inotify alone to find new files and
+# directories (tests/test_source_dirs.py), which the safety net would otherwise hide.
+RESCAN_ENV = "TAILMAIL_RESCAN_SECONDS"
 RULES_SETTLE_SECONDS = 0.2  # editors write a file in several steps: reload once they are done
 MAX_TIMER_SECONDS = 60.0  # re-read the wall clock at least this often (suspend, clock steps)
 BACKOFF_MAX = 60.0
@@ -198,8 +202,9 @@ class Service:
                 log.info("rules.reloaded", rules=len(self.rulebook.rules))
 
     async def _rescan_loop(self, watcher: Watcher) -> None:
+        interval = rescan_seconds()
         while True:
-            await asyncio.sleep(RESCAN_SECONDS)
+            await asyncio.sleep(interval)
             self._watch(watcher)  # directories that did not exist may exist now
             self._rescan = True
             self.data.set()
@@ -320,6 +325,21 @@ class Service:
     def _log_problems(self, problems: list[Any]) -> None:
         for problem in problems:
             log.error("rules.problem", problem=str(problem))
+
+
+def rescan_seconds() -> float:
+    """RESCAN_SECONDS, or the test hook's value (positive, finite) from the environment."""
+    text = os.environ.get(RESCAN_ENV, "")
+    if not text:
+        return RESCAN_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        log.warning("service.bad_rescan_interval", variable=RESCAN_ENV, value=text)
+        return RESCAN_SECONDS
+    return value
 
 
 def raise_open_files_limit() -> None:
