@@ -187,9 +187,11 @@ class Pipeline:
         progressed = False
         spent = 0
         # The first round looks at every file; the next ones only at those that gave bytes in
-        # the round before: with thousands of files, one busy file must not make every round
-        # look at all of them. A file that gets bytes meanwhile wakes the next pump.
-        files = self._every_file()
+        # the round before, so that with thousands of files one busy file does not make every
+        # round look at all of them; and the last round at every file again: one written to
+        # meanwhile, or held back behind the file it replaced, has bytes now. A pump that
+        # returns within its budget has read every file to its end (`rotate` relies on it).
+        files, every = self._every_file(), True
         while spent < budget:
             busy: list[tuple[SourceTailer, Tailed]] = []
             for tailer, tailed in files:
@@ -209,6 +211,9 @@ class Pipeline:
                 spent += chunk.end - chunk.start
                 busy.append((tailer, tailed))
             if not busy:
+                if not every:
+                    files, every = self._every_file(), True
+                    continue
                 if not any(tailer.scan_wanted for tailer in self.tailers):
                     break
                 # A file was found truncated: its new content waits until a scan has looked for
@@ -217,7 +222,7 @@ class Pipeline:
                 files = self._every_file()
                 continue
             progressed = True
-            files = busy
+            files, every = busy, False
         self._uncommitted += spent
         if self._uncommitted:
             if (
