@@ -260,28 +260,43 @@ class Pipeline:
         self._refresh_routes()
         progressed = False
         spent = 0
+        # The first round looks at every file; the next ones only at those that gave bytes in
+        # the round before, so that with thousands of files one busy file does not make every
+        # round look at all of them; and the last round at every file again: one written to
+        # meanwhile, or held back behind the file it replaced, has bytes now. A pump that
+        # returns within its budget has read every file to its end (`rotate` relies on it).
+        files, every = self._every_file(), True
         while spent < budget:
-            round_progress = False
-            for tailer in self.tailers:
-                for tailed in list(tailer.files.values()):
-                    try:
-                        chunk = tailer.read(tailed)
-                    except OSError as exc:
-                        log.error(
-                            "source.read_failed",
-                            source=tailer.config.name,
-                            path=tailed.state.path,
-                            error=str(exc),
-                        )
-                        continue
-                    if chunk is None:
-                        continue
-                    self._process(tailer, tailed, chunk)
-                    spent += chunk.end - chunk.start
-                    round_progress = True
-            if not round_progress:
-                break
+            busy: list[tuple[SourceTailer, Tailed]] = []
+            for tailer, tailed in files:
+                try:
+                    chunk = tailer.read(tailed)
+                except OSError as exc:
+                    log.error(
+                        "source.read_failed",
+                        source=tailer.config.name,
+                        path=tailed.state.path,
+                        error=str(exc),
+                    )
+                    continue
+                if chunk is None:
+                    continue
+                self._process(tailer, tailed, chunk)
+                spent += chunk.end - chunk.start
+                busy.append((tailer, tailed))
+            if not busy:
+                if not every:
+                    files, every = self._every_file(), True
+                    continue
+                if not any(tailer.scan_wanted for tailer in self.tailers):
+                    break
+                # A file was found truncated: its new content waits until a scan has looked for
+                # the copy that continues its old content (copytruncate copies first).
+                self.rescan()
+                files = self._every_file()
+                continue
             progressed = True
+            files, every = busy, False
         self._uncommitted += spent
         if self._uncommitted:
             if (
@@ -294,6 +309,9 @@ class Pipeline:
                 for store in self.stores.values():
                     store.write()  # memory stays bounded by one pump
         return progressed
+
+    def _every_file(self) -> list[tuple[SourceTailer, Tailed]]:
+        return [(tailer, tailed) for tailer in self.tailers for tailed in tailer.files.values()]
 
     def behind(self) -> int:
         return sum(t.behind for tailer in self.tailers for t in tailer.files.values())

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import faulthandler
 import gc
+import math
 import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -35,7 +37,10 @@ from agent.yamlfile import ProblemsError
 
 log = structlog.get_logger("tailmail.service")
 
-RESCAN_SECONDS = 30.0  # safety net for events inotify cannot see (NFS, a directory created later)
+RESCAN_SECONDS = 30.0  # safety net for events inotify cannot see (NFS, a lost event queue)
+# A test hook, not a setting: a huge interval leaves inotify alone to find new files and
+# directories (tests/test_source_dirs.py), which the safety net would otherwise hide.
+RESCAN_ENV = "TAILMAIL_RESCAN_SECONDS"
 RULES_SETTLE_SECONDS = 0.2  # editors write a file in several steps: reload once they are done
 MAX_TIMER_SECONDS = 60.0  # re-read the wall clock at least this often (suspend, clock steps)
 BACKOFF_MAX = 60.0
@@ -222,8 +227,9 @@ class Service:
             log.info("rules.reloaded", rules=len(self.rulebook.rules))
 
     async def _rescan_loop(self, watcher: Watcher) -> None:
+        interval = rescan_seconds()
         while True:
-            await asyncio.sleep(RESCAN_SECONDS)
+            await asyncio.sleep(interval)
             self._watch(watcher)  # directories that did not exist may exist now
             self._rescan = True
             self.data.set()
@@ -370,8 +376,42 @@ class Service:
             log.error("rules.problem", problem=str(problem))
 
 
+def rescan_seconds() -> float:
+    """RESCAN_SECONDS, or the test hook's value (positive, finite) from the environment."""
+    text = os.environ.get(RESCAN_ENV, "")
+    if not text:
+        return RESCAN_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        log.warning("service.bad_rescan_interval", variable=RESCAN_ENV, value=text)
+        return RESCAN_SECONDS
+    return value
+
+
+def raise_open_files_limit() -> None:
+    """Every source file is held open, so a glob of 10,000 files needs 10,000 descriptors; the
+    soft limit is often 1024. It goes up to the hard limit (asyncio waits with epoll: no
+    select() limit applies). systemd's units set LimitNOFILE= instead: their system-call filter
+    forbids this call. Beyond the limit, sources.py opens no more files than leave a reserve."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit is capped by the kernel (fs.nr_open, 1048576 by default).
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (OSError, ValueError) as exc:
+        log.info("service.open_files_limit", soft=soft, hard=hard, raised=False, error=str(exc))
+        return
+    log.debug("service.open_files_limit", soft=want, hard=hard, was=soft)
+
+
 async def run(config_path: Path, config: Config) -> int:
     """The whole service: lock, serve (again after each SIGHUP), release."""
+    raise_open_files_limit()
     notifier = Notifier()
     # When the watchdog gives up on a hung service, systemd sends SIGABRT: print every thread's
     # stack to stderr (the journal) before dying, to show where it hung.

@@ -55,12 +55,16 @@ class FileState:
     offset: int  # bytes consumed: everything before it is stored (or deliberately skipped)
     skipping: bool = False  # inside an over-long line: discard up to the next newline
     seen: int = 0  # the size last seen: after a truncation, what was there but not yet read
+    # The key of the file that replaced this one (took its path, or is its truncated original's
+    # new content): not read until this one is, as far as its writer got (see sources.py).
+    successor: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = {
             "source": self.source, "path": self.path, "dev": self.dev, "ino": self.ino,
             "fingerprint": self.fingerprint, "fp_len": self.fp_len, "offset": self.offset,
             "skipping": self.skipping, "seen": self.seen,
+            "successor": self.successor,
         }  # fmt: skip
         shown = display_path(self.path)
         if shown is not self.path:
@@ -76,6 +80,7 @@ class FileState:
             source=d["source"], path=os.fsdecode(bytes.fromhex(raw)) if raw else d["path"],
             dev=d["dev"], ino=d["ino"], fingerprint=d["fingerprint"], fp_len=d["fp_len"],
             offset=d["offset"], skipping=d.get("skipping", False), seen=d.get("seen", 0),
+            successor=d.get("successor", ""),
         )  # fmt: skip
 
 

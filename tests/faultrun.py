@@ -21,9 +21,10 @@ the agent is down. At the end the writer stops, the agent catches up, the store 
 more and the agent stops cleanly. Then every stored line (the rotated store files in rotation
 order, gunzipped if compressed, then the live store) is checked against the lines the rule
 selects from everything written: none lost, none stored twice, no foreign or bad line stored,
-and each source file's lines in the order they were written. Lines of different files may
-interleave: SPEC promises order per file, and the agent reads a renamed file's tail and the new
-file side by side. Also checked: every rotated store file has exactly one queued report, whose
+and each source file's lines in the order they were written. Lines of different files are
+counted when they interleave, not failed: the agent reads a rotated file before the one that
+replaced it when it knows which replaced which (tests/test_source_order.py proves that), but a
+file rotated twice around a kill, the first new file never seen, cannot be placed. Also checked: every rotated store file has exactly one queued report, whose
 figures (selected, read, skipped, from its subject) match its file, and the periods' figures
 add up to what was written.
 

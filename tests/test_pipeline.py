@@ -472,3 +472,31 @@ def test_receipt_records_a_rename_found_by_a_scan_after_the_last_read(
     assert old["ino"] != new["ino"]
     saved = load_checkpoint(cfg.state_dir).reports["daily"].stats.files
     assert list(saved.values()) == [old, new], "committed with the offsets"
+
+
+def test_one_pump_reads_every_file_to_its_end_also_one_held_back_behind_another(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A single pump (what `rotate` does before closing the period) stores every line there is:
+    a new file waiting for the rest of the file it replaced is read in the same pump, after it."""
+    cfg = make(
+        tmp_path, sources=[SourceConfig("app", str(tmp_path / "logs" / "a.json*"), "beginning")]
+    )
+    (cfg.rules_dir / "all.yaml").write_text("match:\n  n: {exists: true}\n")
+    log = tmp_path / "logs" / "a.json"
+    first = write(log, {"n": 1})
+    pipeline = open_pipeline(cfg, clock)
+    drain(pipeline)
+    rotated = log.with_name("a.json.1")
+    log.rename(rotated)
+    log.touch()
+    pipeline.rescan()
+    # More than one read (1 MiB): the old file is still being read when the new one is first
+    # looked at, so the new one is held back, then read in a later round of the same pump.
+    late = write(rotated, *({"n": 2, "pad": "x" * 100} for _ in range(12_000)))
+    new = write(log, {"n": 3})
+    pipeline.rescan()
+    assert pipeline.pump()
+    stored = cfg.reports[0].store.read_bytes().splitlines()
+    pipeline.close()
+    assert stored == first + late + new

@@ -247,3 +247,11 @@ def test_demo_runs_under_mdwe(tmp_path: Path, mdwe: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     m = re.search(r"^Report received: (\S+\.eml)$", result.stdout, re.M)
     assert m and Path(m[1]).is_file(), result.stdout
+
+
+def test_units_let_the_agent_hold_thousands_of_source_files() -> None:
+    """LimitNOFILE= is set in both units: their system-call filter forbids the agent to raise
+    the soft limit (1024) itself, and every source file is held open."""
+    for unit in ("tailmail.service", "tailmail@.service"):
+        limit = dict(service_section(unit)).get("LimitNOFILE", "")
+        assert limit.isdigit() and int(limit) >= 10_000, f"{unit}: LimitNOFILE={limit!r}"
