@@ -502,12 +502,7 @@ class Pipeline:
                 # its truncate: the agent only sees it when it happened to look in between. A
                 # possible loss is said as one, amber, never as "none".
                 kind = "possible_loss"
-                text = (
-                    f"source {loss['source']}: {path} was rotated by copytruncate: lines written "
-                    "between its copy and its truncate, if there were any, are lost (no program "
-                    "can read them); tailmail saw none go but cannot know. logrotate without "
-                    "copytruncate (its create method) loses nothing"
-                )
+                text = f"source {loss['source']}: {path}: {loss['why']}"
             for rs in self.checkpoint.reports.values():
                 rs.stats.lost_bytes += loss["bytes"]
                 rs.stats.add_problem({"kind": kind, "text": text, "path": path})

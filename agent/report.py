@@ -152,8 +152,8 @@ def _status(inp: ReportInput, file_problem: str | None) -> tuple[Status, str]:
     if inp.possible_losses:
         n = len(inp.possible_losses)
         amber.append(
-            f"{figure(n)} copytruncate rotation{'s' if n != 1 else ''}: lines written in the "
-            "instant between copy and truncate may be lost (no program can see them)"
+            f"{figure(n)} truncation{'s' if n != 1 else ''} of a source file (copytruncate): "
+            "lines written in the instant before may be lost, which no program can see"
         )
     if amber:
         return "amber", one_line("; ".join(amber))

@@ -473,6 +473,16 @@ class SourceTailer:
                 old.seen - old.offset,
                 "truncated before it was read, and no copy of it matches the path",
             )
+        else:
+            # Nothing was seen beyond our position, but the file may have grown after our last
+            # look and before the truncate: a possible loss, said as one.
+            self._lost(
+                old.path,
+                0,
+                "truncated, and no copy of it matches the source's path (copytruncate to a name "
+                "the path does not match, or a truncate by hand): lines written after tailmail "
+                "last read it, if there were any, are lost; tailmail saw none go but cannot know",
+            )
 
     def _lost(self, path: str, size: int, why: str) -> None:
         event = "source.lost" if size else "source.may_have_lost"
@@ -525,8 +535,10 @@ class SourceTailer:
                     lost,
                     "written between copytruncate's copy and its truncate"
                     if lost
-                    else "copytruncate: lines written between its copy and its truncate, if there "
-                    "were any, are lost (none were seen); logrotate's create method avoids this",
+                    else "rotated by copytruncate: lines written between its copy and its "
+                    "truncate, if there were any, are lost (no program can read them); tailmail "
+                    "saw none go but cannot know. logrotate without copytruncate (its create "
+                    "method) loses nothing",
                 )
                 tailed.splitter = LineSplitter(
                     self.config.max_line_bytes, state.offset, state.skipping

@@ -316,6 +316,7 @@ class _FileDoc(TypedDict):
     offset: _Count
     skipping: NotRequired[bool]
     seen: NotRequired[_Count]
+    successor: NotRequired[str]
 
 
 class _ReceiptDoc(TypedDict, total=False):

@@ -335,7 +335,7 @@ def test_copytruncate_is_a_possible_loss_and_a_truncation_in_the_receipt(tmp_pat
     text, html = bodies(msg)
     flat = " ".join(text.split())
     assert (
-        "1 copytruncate rotation: lines written in the instant between copy and truncate may be lost"
+        "1 truncation of a source file (copytruncate): lines written in the instant before may be lost"
         in flat
     )
     assert "Possible losses: - source app: " in flat and "saw none go but cannot know" in flat

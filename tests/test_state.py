@@ -55,6 +55,7 @@ def sample_checkpoint() -> Checkpoint:
                 fp_len=256,
                 offset=4096,
                 skipping=True,
+                successor="app:1:3",
             )
         },
         reports={
