@@ -24,9 +24,10 @@ test: lint debian-tools
 	$(BIN)/pytest
 
 # Debian tools that tests run for real: systemd-analyze for the units, chromium to render the
-# report, strace to hold a system call of the agent (the watchdog tests). Installed when missing, as root; otherwise those tests skip (and fail under CI=true).
+# report, strace to hold a system call of the agent (the watchdog tests), faketime to step its
+# clock. Installed when missing, as root; otherwise those tests skip (and fail under CI=true).
 debian-tools:
-	packaging/ensure-tools systemd-analyze:systemd chromium:chromium strace:strace
+	packaging/ensure-tools systemd-analyze:systemd chromium:chromium strace:strace faketime:faketime
 
 # docs/report.png, the README's picture of a report: a generated day rendered by chromium
 report-sample: $(STAMP) debian-tools

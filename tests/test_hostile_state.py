@@ -12,6 +12,7 @@ import contextlib
 import email
 import email.policy
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -432,3 +433,51 @@ def test_a_truncation_without_a_matching_copy_is_a_possible_loss_said_as_one(
     assert "Possible losses" in text and "if there were any, are lost" in text
     assert "saw none go but cannot know" in text
     assert agent.stop() == 0
+
+
+def faketime_library() -> str:
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    if not found:
+        from debian_tools import unavailable
+
+        unavailable("libfaketime not found: install Debian's faketime (as root `make test` does)")
+    return str(found[0])
+
+
+def test_the_real_agent_with_its_clock_stepped_back_and_forth_reports_every_period(
+    tmp_path: Path, agents: list[Agent], closed_port: int
+) -> None:
+    """`tailmail run` under a clock that libfaketime steps a day back and forth again across
+    midnight, with `tailmail rotate` at each step: every rotation queues a report of its own
+    (an id already used made the rotation queue nothing, silently)."""
+    library = faketime_library()
+    config = make_config(tmp_path, closed_port)
+    (tmp_path / "logs" / "events.json").touch()
+    clock = tmp_path / "clock"
+    clock.write_text("@2026-12-05 10:00:00\n")
+    env = {
+        "LD_PRELOAD": library,
+        "FAKETIME_TIMESTAMP_FILE": str(clock),
+        "FAKETIME_NO_CACHE": "1",
+        "TZ": "UTC",
+    }
+    agent = Agent(config, tmp_path, env=env)
+    agents.append(agent)
+    agent.wait_ready()
+    ids: list[str] = []
+    for stamp in (
+        "2026-12-05 12:00:00",  # a day ahead
+        "2026-12-04 09:00:00",  # stepped back a day
+        "2026-12-04 09:30:00",
+        "2026-12-05 00:01:00",  # forward across midnight
+        "2026-12-05 12:00:00",
+    ):
+        clock.write_text(f"@{stamp}\n")
+        result = tailmail("rotate", "-c", str(config))  # the command runs on the real clock
+        assert result.returncode == 0, result.stderr
+        ids += re.findall(r"^queued (\S+)$", result.stdout, re.M)
+    assert len(ids) == 5 and len(set(ids)) == 5, ids
+    queued = {e.id for e in Outbox(tmp_path / "state" / "outbox", readonly=True).entries()}
+    assert set(ids) <= queued, "every forced rotation queued its own report"
+    assert agent.stop() == 0
+    no_traceback(agent.log())
