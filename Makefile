@@ -42,7 +42,7 @@ deb: $(STAMP)
 # chroot), run its check and demo, remove and purge it and show what is left (test-deb). Boot
 # such a root with systemd-nspawn and run the unit as shipped (test-service). Needs root.
 test-deb: deb
-	packaging/ensure-tools debootstrap:debootstrap lintian:lintian systemd-nspawn:systemd-container
+	packaging/ensure-tools debootstrap:debootstrap lintian:lintian systemd-nspawn:systemd-container strace:strace
 	packaging/test-deb dist/tailmail_*.deb
 	packaging/test-service dist/tailmail_*.deb
 
