@@ -140,8 +140,10 @@ def create_new(dir_fd: int, name: str, where: Path | str, access: int = os.O_WRO
     stale temporary file of our own (removed first). `where` names it in messages."""
     with contextlib.suppress(FileNotFoundError):
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if not stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
-            os.unlink(name, dir_fd=dir_fd)  # ours (left by a crash): no one else can make it
+        # Only what a crash of ours can leave: a regular file of ours. Anything else there
+        # (a symlink, a FIFO, a directory) was put there by hand, and is refused below.
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+            os.unlink(name, dir_fd=dir_fd)
     try:
         fd = os.open(name, access | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, FILE_MODE, dir_fd=dir_fd)
     except FileExistsError:
