@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import TextIO
 
 from agent import __version__
-from agent.config import Config, config_path, load_config
-from agent.state import StateDamaged, display_path
-from agent.yamlfile import ProblemsError
+from agent.config.load import config_path, load_config
+from agent.config.model import Config
+from agent.config.yamlfile import ProblemsError
+from agent.core.text import display_path
+from agent.pipeline.checkpoint import StateDamaged
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -151,9 +153,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent import service
-    from agent.control import Busy
-    from agent.log import setup
+    from agent.service import service
+    from agent.service.control import Busy
+    from agent.service.log import setup
 
     path = config_path(args.config)
     config = load_config(path)
@@ -175,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.rules import check_rules, load_rules_path
+    from agent.rules.load import check_rules, load_rules_path
 
     path = config_path(args.config)
     config = load_config(path)
@@ -196,7 +198,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _shared_directories(config: Config) -> list[str]:
     """Warnings for the directories tailmail writes in that other users can write too: there
     they can plant names. tailmail refuses what it did not make, but it is better not to ask."""
-    from agent.fs import writable_by_others
+    from agent.core.fs import writable_by_others
 
     advice = (
         "another user could plant files there (tailmail refuses any file it did not make); "
@@ -222,8 +224,8 @@ def _shared_directories(config: Config) -> list[str]:
 
 
 def cmd_test_email(args: argparse.Namespace) -> int:
-    from agent.config import check_address
-    from agent.mail import test_email
+    from agent.config.load import check_address
+    from agent.deliver.smtp import test_email
 
     config = _config(args)
     to = args.to or config.reports[0].to[0]
@@ -269,9 +271,10 @@ def _lines(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
 
 
 def cmd_test_rules(args: argparse.Namespace) -> int:
-    from agent.decode import classify, event_time
-    from agent.periods import system_timezone
-    from agent.rules import load_rules_path
+    from agent.core.periods import system_timezone
+    from agent.rules.load import load_rules_path
+    from agent.tail.eventtime import event_time
+    from agent.tail.lines import classify
 
     config: Config | None = None
     try:
@@ -333,7 +336,7 @@ def cmd_test_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from agent import control
+    from agent.service import control
 
     config = _config(args)
     if args.report and args.report not in {r.name for r in config.reports}:
@@ -370,10 +373,10 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def _rotate_offline(config: Config, only: str | None) -> list[str]:
-    from agent.log import setup
-    from agent.outbox import Outbox
-    from agent.pipeline import Pipeline
-    from agent.rules import RuleBook
+    from agent.deliver.outbox import Outbox
+    from agent.pipeline.pipeline import Pipeline
+    from agent.rules.load import RuleBook
+    from agent.service.log import setup
 
     setup(config.log)
     rulebook = RuleBook(
@@ -405,10 +408,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def print_status(config: Config, out: TextIO) -> None:
-    from agent.control import StateLock, request
-    from agent.outbox import Outbox
-    from agent.periods import period_from
-    from agent.state import Checkpoint, load_checkpoint
+    from agent.core.periods import period_from
+    from agent.deliver.outbox import Outbox
+    from agent.pipeline.checkpoint import Checkpoint, load_checkpoint
+    from agent.service.control import StateLock, request
 
     if not config.state_dir.exists():
         print(f"state_dir {config.state_dir} does not exist yet: the service has not run", file=out)
@@ -520,9 +523,9 @@ def _period_problems(problems: Sequence[dict[str, object]]) -> list[tuple[str, s
 def cmd_report_preview(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from agent.log import setup
-    from agent.preview import BadSample, NoPeriod, preview_current, preview_sample
-    from agent.rules import RuleBook
+    from agent.rules.load import RuleBook
+    from agent.service.log import setup
+    from agent.service.preview import BadSample, NoPeriod, preview_current, preview_sample
 
     config = _config(args)
     names = [r.name for r in config.reports]
@@ -575,7 +578,7 @@ def cmd_report_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import run_demo
+    from agent.service.demo import run_demo
 
     try:
         return run_demo(Path(args.dir) if args.dir else None, sys.stdout)

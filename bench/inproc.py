@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 import structlog  # noqa: E402
 
-from agent.config import load_config  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from agent.pipeline import Pipeline  # noqa: E402
-from agent.rules import RuleBook  # noqa: E402
+from agent.config.load import load_config  # noqa: E402
+from agent.deliver.outbox import Outbox  # noqa: E402
+from agent.pipeline.pipeline import Pipeline  # noqa: E402
+from agent.rules.load import RuleBook  # noqa: E402
 from bench import ceiling, gen, peers, rulesets  # noqa: E402
 
 WORK = ROOT / "bench" / "out" / "work-inproc"

@@ -423,9 +423,9 @@ def _check_rules(rules_dir: Path, source: Path, store: Path, sample: int = 20_00
     store must begin with exactly that selection."""
     import orjson
 
-    from agent.decode import event_time
-    from agent.periods import system_timezone
-    from agent.rules import load_rules_path
+    from agent.core.periods import system_timezone
+    from agent.rules.load import load_rules_path
+    from agent.tail.eventtime import event_time
 
     loaded, problems = load_rules_path(rules_dir, ["app"], ["daily"])
     if problems:

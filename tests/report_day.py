@@ -24,10 +24,10 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from agent.config import Config, ReportConfig, SmtpConfig, SourceConfig
-from agent.outbox import Outbox
-from agent.pipeline import Pipeline
-from agent.rules import RuleBook
+from agent.config.model import Config, ReportConfig, SmtpConfig, SourceConfig
+from agent.deliver.outbox import Outbox
+from agent.pipeline.pipeline import Pipeline
+from agent.rules.load import RuleBook
 
 BERLIN = ZoneInfo("Europe/Berlin")
 DAY = datetime(2026, 11, 19, tzinfo=BERLIN)  # a Thursday
@@ -270,8 +270,8 @@ def main(out: Path) -> None:
     from mailview import bodies, parse
     from render import screenshot
 
-    from agent.config import LogConfig
-    from agent.log import setup
+    from agent.config.model import LogConfig
+    from agent.service.log import setup
 
     setup(LogConfig(level="error", format="console"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,7 +36,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from agent.config import SmtpConfig
+from agent.config.model import SmtpConfig
 
 __all__ = [
     "Fault",

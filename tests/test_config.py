@@ -10,18 +10,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent import config as config_module
-from agent.config import (
-    DEFAULT_SUBJECT,
-    MiB,
-    check_address,
-    config_path,
-    load_config,
-    parse_duration,
-    parse_size,
-)
-from agent.periods import system_timezone
-from agent.yamlfile import ProblemsError
+import agent.config as config_module
+from agent.config.load import check_address, config_path, load_config, parse_duration, parse_size
+from agent.config.model import DEFAULT_SUBJECT, MiB
+from agent.config.yamlfile import ProblemsError
+from agent.core.periods import system_timezone
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.yaml"
@@ -386,11 +379,11 @@ def test_example_config_documents_every_key() -> None:
         if m:
             documented[m.group(1)] = m.group(2)
     accepted = (
-        config_module._TOP
-        | config_module._SOURCE
-        | config_module._REPORT
-        | config_module._SMTP
-        | config_module._LOG
+        config_module.TOP_KEYS
+        | config_module.SOURCE_KEYS
+        | config_module.REPORT_KEYS
+        | config_module.SMTP_KEYS
+        | config_module.LOG_KEYS
     )
     missing = accepted - documented.keys()
     assert not missing, f"config.example.yaml does not document {sorted(missing)}"

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.decode import (
+from agent.tail.eventtime import event_time, time_reader
+from agent.tail.lines import (
     EMPTY,
     INVALID_UTF8,
     MALFORMED,
@@ -21,9 +22,7 @@ from agent.decode import (
     LineSplitter,
     Positions,
     classify,
-    event_time,
     sample,
-    time_reader,
 )
 
 BIG = 1 << 30  # a limit no generated line reaches

@@ -141,7 +141,7 @@ def plain_text(msg: EmailMessage) -> str:
 
 
 def message_id(outbox_id: str) -> str:
-    """The deterministic Message-ID of a report (agent/pipeline.py)."""
+    """The deterministic Message-ID of a report (agent/pipeline/pipeline.py)."""
     return f"<tailmail.{outbox_id}@{socket.gethostname()}>"
 
 

@@ -25,11 +25,11 @@ from agent_proc import Agent, tailmail, wait_for, write_config
 from hostile_ground import append, event_lines, log_events, need_root
 from rotation_world import make_config, stored_lines
 
-from agent.config import load_config
-from agent.decode import event_time, time_reader
-from agent.outbox import Outbox
-from agent.pipeline import Pipeline
-from agent.rules import RuleBook
+from agent.config.load import load_config
+from agent.deliver.outbox import Outbox
+from agent.pipeline.pipeline import Pipeline
+from agent.rules.load import RuleBook
+from agent.tail.eventtime import event_time, time_reader
 
 
 def start(config: Path, tmp_path: Path, agents: list[Agent]) -> Agent:

@@ -1,4 +1,4 @@
-"""agent/mail.py against real SMTP servers on loopback (tests/smtp_sink.py)."""
+"""agent/deliver/smtp.py against real SMTP servers on loopback (tests/smtp_sink.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import pytest
 import trustme
 from smtp_sink import Fault, SmtpServer, expired_cert  # fixtures: see conftest.py
 
-from agent import mail  # mail.test_email: imported bare, pytest would collect it as a test
-from agent.config import SmtpConfig
-from agent.mail import DeliveryResult, SmtpFailure, deliver, tls_context
+from agent.config.model import SmtpConfig
+from agent.deliver import (
+    smtp as mail,  # mail.test_email: imported bare, pytest would collect it as a test
+)
+from agent.deliver.smtp import DeliveryResult, SmtpFailure, deliver, tls_context
 
 StartServer = Callable[..., SmtpServer]
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.match import _glob_test, _re2_test, glob_to_re2
-from agent.rules import Rule, parse_rules
-from agent.yamlfile import Problem, parse_yaml
+from agent.config.yamlfile import Problem, parse_yaml
+from agent.rules.load import Rule, parse_rules
+from agent.rules.match import _glob_test, _re2_test, glob_to_re2
 
 
 def text_of(yaml_text: str) -> str:

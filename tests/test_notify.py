@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.notify import Notifier
+from agent.service.notify import Notifier
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""agent/outbox.py: the queue on disk and the sender, against real SMTP servers on loopback."""
+"""agent/deliver/outbox.py: the queue on disk and the sender, against real SMTP servers on loopback."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import structlog
 import trustme
 from smtp_sink import Fault, SmtpServer, eventually, expired_cert  # fixtures: see conftest.py
 
-from agent.config import SmtpConfig
-from agent.outbox import Outbox, OutboxEntry, Sender
+from agent.config.model import SmtpConfig
+from agent.deliver.outbox import Outbox, OutboxEntry, Sender
 
 StartServer = Callable[..., SmtpServer]
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.periods import (
+from agent.core.periods import (
     Period,
     boundary,
     hour_counts,

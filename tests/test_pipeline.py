@@ -11,12 +11,12 @@ import orjson
 import pytest
 from mailview import bodies, parse
 
-from agent import pipeline as pipeline_module
-from agent.config import Config, ReportConfig, SmtpConfig, SourceConfig
-from agent.outbox import Outbox
-from agent.pipeline import Pipeline
-from agent.rules import RuleBook
-from agent.state import load_checkpoint
+from agent.config.model import Config, ReportConfig, SmtpConfig, SourceConfig
+from agent.deliver.outbox import Outbox
+from agent.pipeline import pipeline as pipeline_module
+from agent.pipeline.checkpoint import load_checkpoint
+from agent.pipeline.pipeline import Pipeline
+from agent.rules.load import RuleBook
 
 UTC_ZONE = ZoneInfo("UTC")
 

@@ -12,11 +12,11 @@ from agent_proc import Agent, tailmail, wait_for, write_config
 from mailview import attachments, bodies, cells, follows, parse
 from test_cli import base_config
 
-from agent.config import load_config
-from agent.outbox import Outbox
-from agent.pipeline import Pipeline
-from agent.rules import RuleBook
-from agent.state import load_checkpoint
+from agent.config.load import load_config
+from agent.deliver.outbox import Outbox
+from agent.pipeline.checkpoint import load_checkpoint
+from agent.pipeline.pipeline import Pipeline
+from agent.rules.load import RuleBook
 
 EVENTS = [
     {"ts": "2026-11-19T09:15:00Z", "level": "error", "event": "backup.failed", "target": "nas-02"},

@@ -20,18 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mailview import attachments, bodies, cells, follows, hour_columns, parse
 
-from agent.config import ReportConfig
-from agent.periods import Period, period_of
-from agent.report import (
-    HTML_BUDGET,
-    ReportInput,
-    build_report,
-    render_report,
-    render_subject,
-    status_of,
-)
-from agent.state import PeriodStats
-from agent.summary import RuleProfile
+from agent.config.model import ReportConfig
+from agent.core.figures import PeriodStats
+from agent.core.periods import Period, period_of
+from agent.report.build import HTML_BUDGET, build_report, render_report, render_subject, status_of
+from agent.report.summary import RuleProfile
+from agent.report.types import ReportInput
 
 BERLIN = ZoneInfo("Europe/Berlin")
 DAY = datetime(2026, 11, 21, 12, 0, tzinfo=BERLIN)

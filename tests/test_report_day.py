@@ -23,7 +23,7 @@ from report_day import (
 )
 from test_report import FILE_RECEIPT, make_day
 
-from agent.report import HTML_BUDGET, build_report
+from agent.report.build import HTML_BUDGET, build_report
 
 NL = b"\n"
 
@@ -170,9 +170,9 @@ def test_next_period_continues_each_file_where_this_receipt_ended(tmp_path: Path
     size = log.stat().st_size
     with log.open("ab") as fh:
         fh.write(orjson.dumps({"ts": "2026-11-20T08:00:00Z", "event": "backup.failed"}) + b"\n")
-    from agent.outbox import Outbox
-    from agent.pipeline import Pipeline
-    from agent.rules import RuleBook
+    from agent.deliver.outbox import Outbox
+    from agent.pipeline.pipeline import Pipeline
+    from agent.rules.load import RuleBook
 
     clock_at = DAY.timestamp() + 86_400 + 3600
     book = RuleBook(day.config.rules_dir, ["app"], ["daily"])

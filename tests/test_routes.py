@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.routes import EQ, MEMO_LIMIT, NOTHING_LEFT, PREFIX, Route, Router, residual
-from agent.rules import Rule, parse_rules
-from agent.yamlfile import parse_yaml
+from agent.config.yamlfile import parse_yaml
+from agent.rules.load import Rule, parse_rules
+from agent.rules.routes import EQ, MEMO_LIMIT, NOTHING_LEFT, PREFIX, Route, Router, residual
 
 
 def rules_from(*matches: Any) -> list[Rule]:

@@ -1,4 +1,4 @@
-"""Rule reloads in the service (agent/service.py `Service.reload_rules`): the scan and parse run in
+"""Rule reloads in the service (agent/service/service.py `Service.reload_rules`): the scan and parse run in
 a worker thread, so the event loop goes on meanwhile; only the swap runs on the loop."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 import structlog
 from agent_proc import DEADLINE, write_config
 
-import agent.rules
-from agent.config import load_config
-from agent.notify import Notifier
-from agent.service import Service
-from agent.yamlfile import Problem
+import agent.rules.load
+from agent.config.load import load_config
+from agent.config.yamlfile import Problem
+from agent.service.notify import Notifier
+from agent.service.service import Service
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ async def test_the_loop_runs_while_a_rule_file_is_parsed(
     (tmp_path / "rules.d" / "new.yaml").write_text("match: {level: warning}\n")
     parsing, release = threading.Event(), threading.Event()
     parse_threads: list[int] = []
-    parse = agent.rules.parse_yaml
+    parse = agent.rules.load.parse_yaml
 
     def slow_parse(text: str, file: str) -> tuple[Any, list[Problem]]:
         parse_threads.append(threading.get_ident())
@@ -63,7 +63,7 @@ async def test_the_loop_runs_while_a_rule_file_is_parsed(
         release.wait(DEADLINE)
         return parse(text, file)
 
-    monkeypatch.setattr(agent.rules, "parse_yaml", slow_parse)
+    monkeypatch.setattr(agent.rules.load, "parse_yaml", slow_parse)
     version = service.rulebook.version
     reload = asyncio.create_task(service.reload_rules())
     ticks = 0

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from hostile import HOSTILE
 
-import agent.rules
-from agent.rules import (
+import agent.rules.load
+from agent.config.yamlfile import Problem, parse_yaml
+from agent.rules.load import (
     MAX_RULE_FILE_BYTES,
     Rule,
     RuleBook,
@@ -21,7 +22,6 @@ from agent.rules import (
     load_rules_path,
     parse_rules,
 )
-from agent.yamlfile import Problem, parse_yaml
 
 SOURCES = ("app", "web")
 REPORTS = ("daily", "security")
@@ -473,7 +473,7 @@ def test_oversized_rule_file_is_not_read(tmp_path: Path, monkeypatch: pytest.Mon
     """The size limit is checked on the file's stat, before a byte of it is read."""
     path = write(tmp_path, "big.yaml", HOSTILE["oversized"].text)
     reads: list[Path] = []
-    monkeypatch.setattr(agent.rules, "_read_bounded", lambda file, limit: reads.append(file))
+    monkeypatch.setattr(agent.rules.load, "_read_bounded", lambda file, limit: reads.append(file))
     assert load_rules_path(tmp_path)[1] == [Problem(str(path), 1, HOSTILE["oversized"].message)]
     assert reads == []
 
@@ -483,7 +483,7 @@ def test_rule_file_that_grows_past_the_limit_while_read(
 ) -> None:
     """A file that was small at the stat but grew before the read is refused: no more than the limit + 1 bytes are read."""
     path = write(tmp_path, "grows.yaml", "match: {level: error}\n")
-    read = agent.rules._read_bounded
+    read = agent.rules.load._read_bounded
     lengths: list[int] = []
 
     def grow_then_read(file: Path, limit: int) -> bytes | None:
@@ -493,7 +493,7 @@ def test_rule_file_that_grows_past_the_limit_while_read(
         lengths.append(len(content or b""))
         return content
 
-    monkeypatch.setattr(agent.rules, "_read_bounded", grow_then_read)
+    monkeypatch.setattr(agent.rules.load, "_read_bounded", grow_then_read)
     message = (
         "the rule file is over 1 MiB; the limit is 1 MiB: split it into several files in the "
         "rules directory"
@@ -527,14 +527,14 @@ def test_unexpected_error_in_one_file_fails_that_file_alone(
     for name in ("a", "b", "c"):
         write(tmp_path, f"{name}.yaml", f"match: {{{name}: 1}}\n")
     assert book.reload() == []
-    parse = agent.rules.parse_yaml
+    parse = agent.rules.load.parse_yaml
 
     def broken_for_b(text: str, file: str) -> tuple[Any, list[Problem]]:
         if file.endswith("b.yaml"):
             raise RuntimeError("boom")
         return parse(text, file)
 
-    monkeypatch.setattr(agent.rules, "parse_yaml", broken_for_b)
+    monkeypatch.setattr(agent.rules.load, "parse_yaml", broken_for_b)
     write(tmp_path, "b.yaml", "match: {b: 2}\n")
     write(tmp_path, "d.yaml", "match: {d: 1}\n")
     message = (

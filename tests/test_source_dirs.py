@@ -16,7 +16,7 @@ import pytest
 from agent_proc import Agent, wait_for
 from rotation_world import log_records, make_config, stored_lines
 
-from agent.watch import Watcher
+from agent.tail.watch import Watcher
 
 NO_RESCAN = {"TAILMAIL_RESCAN_SECONDS": "3600"}
 # Generous for inotify on a loaded machine, and shorter than the service's usual safety rescan

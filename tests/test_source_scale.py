@@ -18,11 +18,11 @@ import pytest
 from agent_proc import Agent, wait_for
 from rotation_world import log_records, make_config, stored_lines
 
-import agent.sources
-from agent.config import SourceConfig
-from agent.sources import FP_BYTES, SourceTailer
+import agent.tail.files
+from agent.config.model import SourceConfig
+from agent.tail.files import FP_BYTES, SourceTailer
 
-SOURCES = agent.sources.__file__
+SOURCES = agent.tail.files.__file__
 
 
 def short_line(i: int) -> bytes:
@@ -36,7 +36,7 @@ def long_line(i: int) -> bytes:
 
 
 def counted(body: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
-    """Run `body`; return the pread calls it made and the lines of agent/sources.py it ran."""
+    """Run `body`; return the pread calls it made and the lines of agent/tail/files.py it ran."""
     preads = lines = 0
     real_pread = os.pread
 
@@ -92,7 +92,7 @@ def test_finding_new_files_costs_in_proportion_to_their_number(
     n = 400
     one = counted(lambda: first_scan_and_read(tmp_path / "n", n, line), monkeypatch)
     two = counted(lambda: first_scan_and_read(tmp_path / "2n", 2 * n, line), monkeypatch)
-    for what, a, b in zip(("preads", "lines of agent/sources.py run"), one, two, strict=True):
+    for what, a, b in zip(("preads", "lines of agent/tail/files.py run"), one, two, strict=True):
         assert b <= 2.3 * a, f"{what}: {a} for {n} files, {b} for {2 * n}"
     assert two[0] <= 10 * 2 * n, f"{two[0]} preads for {2 * n} files: more than a few per file"
 

@@ -13,10 +13,11 @@ from forked import as_ordinary_user
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from agent.config import SourceConfig
-from agent.decode import Positions
-from agent.sources import FP_BYTES, Retired, SourceTailer
-from agent.state import Checkpoint, FileState
+from agent.config.model import SourceConfig
+from agent.pipeline.checkpoint import Checkpoint
+from agent.tail.files import FP_BYTES, Retired, SourceTailer
+from agent.tail.lines import Positions
+from agent.tail.state import FileState
 
 
 def make(

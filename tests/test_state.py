@@ -10,18 +10,17 @@ import orjson
 import pytest
 from forked import limit_file_size, with_file_size_limit
 
-from agent.state import (
+from agent.core.figures import MAX_PROBLEMS, PeriodStats
+from agent.core.fs import write_atomic
+from agent.pipeline.checkpoint import (
     CHECKPOINT,
-    MAX_PROBLEMS,
     Checkpoint,
-    FileState,
-    PeriodStats,
     ReportState,
     Rotation,
     load_checkpoint,
     save_checkpoint,
-    write_atomic,
 )
+from agent.tail.state import FileState
 
 
 def sample_checkpoint() -> Checkpoint:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from forked import limit_file_size, with_file_size_limit
 
-from agent.config import ReportConfig
-from agent.store import compress, open_store, prune, rotated_files, rotated_path
+from agent.config.model import ReportConfig
+from agent.outputs.store import compress, open_store, prune, rotated_files, rotated_path
 
 DAY = date(2026, 11, 21)
 

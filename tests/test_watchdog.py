@@ -1,4 +1,4 @@
-"""The systemd watchdog (agent/service.py `_watchdog`): the real `tailmail run` with a real
+"""The systemd watchdog (agent/service/service.py `_watchdog`): the real `tailmail run` with a real
 NOTIFY_SOCKET and WATCHDOG_USEC, as systemd starts it under `WatchdogSec=`.
 
 WATCHDOG=1 must follow the pipeline, not a clock: it keeps coming while the agent is idle or
@@ -18,7 +18,7 @@ from agent_proc import Agent, wait_for, write_config
 from debian_tools import need
 
 WATCHDOG_SEC = 2.0  # WatchdogSec=2s: the agent pings every second
-TMP_CHECKPOINT = ".checkpoint.json.tmp"  # what agent/state.py write_atomic opens for writing
+TMP_CHECKPOINT = ".checkpoint.json.tmp"  # what agent/core/fs.py write_atomic opens for writing
 
 
 def start(tmp_path: Path, agents: list[Agent], closed_port: int) -> Agent:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from hostile import DEPTH, EXPANSION, TOO_LONG, billion_laughs, nested_all
 
-from agent import yamlfile
-from agent.yamlfile import MAX_DEPTH, Map, Problem, ProblemsError, Seq, load_yaml, parse_yaml
+from agent.config import yamlfile
+from agent.config.yamlfile import MAX_DEPTH, Map, Problem, ProblemsError, Seq, load_yaml, parse_yaml
 
 
 def value_of(text: str) -> Any:

@@ -28,14 +28,16 @@ from typing import Any
 import orjson
 
 from agent import __version__
-from agent.config import Config, ReportConfig, SourceConfig
-from agent.decode import event_time
-from agent.outbox import FAILED_DIR, Outbox
-from agent.periods import Period, period_from, system_timezone
-from agent.report import Rendered, render_report, report_input
-from agent.rules import RuleBook
-from agent.state import PeriodStats, load_checkpoint
-from agent.summary import rule_profiles
+from agent.config.model import Config, ReportConfig, SourceConfig
+from agent.core.figures import PeriodStats
+from agent.core.periods import Period, period_from, system_timezone
+from agent.deliver.outbox import FAILED_DIR, Outbox
+from agent.pipeline.checkpoint import load_checkpoint
+from agent.report.build import render_report, report_input
+from agent.report.summary import rule_profiles
+from agent.report.types import Rendered
+from agent.rules.load import RuleBook
+from agent.tail.eventtime import event_time
 
 ATTEMPTS = 5  # a rotation in between makes the preview start again; five in a row is not chance
 
@@ -134,7 +136,7 @@ def preview_sample(
     is the one around the middle of the sample's event times (the current one if none has a
     time), so the hour chart shows the sample's day.
     """
-    from agent.pipeline import Pipeline  # the service's machinery: only this mode needs it
+    from agent.pipeline.pipeline import Pipeline  # the service's machinery: only this mode needs it
 
     sample = sample.absolute()
     try:

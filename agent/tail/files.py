@@ -34,9 +34,9 @@ from typing import Any
 
 import structlog
 
-from agent.config import SourceConfig
-from agent.decode import Chunk, LineSplitter
-from agent.state import FileState
+from agent.config.model import SourceConfig
+from agent.tail.lines import Chunk, LineSplitter
+from agent.tail.state import FileState
 
 FP_BYTES = 256  # fingerprint length: about one event line
 # logrotate's compressed rotations (`events.json.2.gz`) also match `events.json*`; they hold

@@ -38,7 +38,8 @@ from aiosmtplib import (
 )
 
 from agent import __version__
-from agent.config import SmtpConfig, has_header_breaks
+from agent.config.load import has_header_breaks
+from agent.config.model import SmtpConfig
 
 Say = Callable[[str], None]
 

@@ -21,24 +21,25 @@ import orjson
 import structlog
 
 from agent import __version__
-from agent.config import Config, ReportConfig
-from agent.decode import TOO_LONG, Chunk, Positions, classify, sample, time_reader
-from agent.fs import make_dirs
-from agent.outbox import Outbox
-from agent.periods import Period, hour_counts, period_from, period_of, system_timezone
-from agent.routes import Route, Router
-from agent.rules import Rule, RuleBook
-from agent.sources import Retired, SourceTailer, Tailed
-from agent.state import (
+from agent.config.model import Config, ReportConfig
+from agent.core.figures import PeriodStats
+from agent.core.fs import make_dirs
+from agent.core.periods import Period, hour_counts, period_from, period_of, system_timezone
+from agent.core.text import display_path
+from agent.deliver.outbox import Outbox
+from agent.outputs.store import ReportStore, prune, rotate_store, rotated_path
+from agent.pipeline.checkpoint import (
     Checkpoint,
-    PeriodStats,
     ReportState,
     Rotation,
-    display_path,
     load_checkpoint,
     save_checkpoint,
 )
-from agent.store import ReportStore, prune, rotate_store, rotated_path
+from agent.rules.load import Rule, RuleBook
+from agent.rules.routes import Route, Router
+from agent.tail.eventtime import time_reader
+from agent.tail.files import Retired, SourceTailer, Tailed
+from agent.tail.lines import TOO_LONG, Chunk, Positions, classify, sample
 
 log = structlog.get_logger("tailmail.pipeline")
 
@@ -718,8 +719,8 @@ class Pipeline:
         outbox_id: str,
     ) -> None:
         # Imported here: jinja2 and the templates are needed once a day, not at every start.
-        from agent.report import build_report, report_input
-        from agent.summary import rule_profiles
+        from agent.report.build import build_report, report_input
+        from agent.report.summary import rule_profiles
 
         message = build_report(
             report_input(

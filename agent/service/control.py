@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from agent.fs import FILE_MODE, make_dirs
+from agent.core.fs import FILE_MODE, make_dirs
 
 LOCK = "lock"
 SOCKET = "control.sock"

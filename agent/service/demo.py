@@ -29,8 +29,8 @@ import orjson
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from agent import control
-from agent.state import load_checkpoint
+from agent.pipeline.checkpoint import load_checkpoint
+from agent.service import control
 
 DEADLINE = 45.0
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import structlog
 
-from agent.config import ReportConfig
-from agent.fs import (
+from agent.config.model import ReportConfig
+from agent.core.fs import (
     UnsafeFile,
     check_own,
     create_new,

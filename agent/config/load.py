@@ -11,92 +11,24 @@ import os
 import re
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent.periods import system_timezone
-from agent.yamlfile import Map, Problem, ProblemsError, Seq, load_yaml
-
-DEFAULT_CONFIG = Path("/etc/tailmail/config.yaml")
-DEFAULT_SUBJECT = "[{hostname}] {selected} events selected on {date}"
-SUBJECT_FIELDS = frozenset({"hostname", "selected", "date", "report", "read", "skipped"})
-MiB = 1024 * 1024
-
-Security = Literal["starttls", "ssl", "none"]
-
-
-@dataclass(frozen=True, slots=True)
-class SourceConfig:
-    name: str
-    path: str  # absolute file path or glob
-    start_at: Literal["end", "beginning"] = "end"
-    time_field: str | None = None
-    max_line_bytes: int = MiB
-
-
-@dataclass(frozen=True, slots=True)
-class ReportConfig:
-    name: str
-    store: Path
-    to: tuple[str, ...]
-    rotate_at: time = time(0, 0)
-    timezone: ZoneInfo = field(default_factory=system_timezone)
-    keep: int = 30
-    compress: Literal["none", "gzip"] = "gzip"
-    cc: tuple[str, ...] = ()
-    subject: str = DEFAULT_SUBJECT
-    send_empty: bool = True
-    attach: bool = True
-    max_attachment_bytes: int = 10 * MiB
-    top_fields: tuple[str, ...] | None = None  # None: the fields the rules' conditions use
-    # where `store` is written in the config, for messages about it (not part of its value)
-    store_line: int = field(default=0, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpConfig:
-    host: str
-    from_addr: str
-    port: int = 587
-    security: Security = "starttls"
-    verify_tls: bool = True
-    ca_file: Path | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    timeout: float = 30.0
-    max_per_hour: int = 100
-    retry_for: float = 5 * 86400.0
-    retry_initial: float = 300.0
-    retry_max: float = 3600.0
-    allow_plaintext_auth: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    path: Path
-    state_dir: Path
-    rules_dir: Path
-    sources: tuple[SourceConfig, ...]
-    reports: tuple[ReportConfig, ...]
-    smtp: SmtpConfig
-    log: LogConfig = LogConfig()
-    # where `state_dir` is written (or the top), for messages about it (not part of its value)
-    state_dir_line: int = field(default=0, compare=False)
-
-    def report(self, name: str) -> ReportConfig:
-        for report in self.reports:
-            if report.name == name:
-                return report
-        raise KeyError(name)
+from agent.config.model import (
+    DEFAULT_CONFIG,
+    DEFAULT_SUBJECT,
+    SUBJECT_FIELDS,
+    Config,
+    LogConfig,
+    MiB,
+    ReportConfig,
+    SmtpConfig,
+    SourceConfig,
+)
+from agent.config.yamlfile import Map, Problem, ProblemsError, Seq, load_yaml
+from agent.core.periods import system_timezone
 
 
 def config_path(arg: str | None) -> Path:
@@ -376,18 +308,18 @@ def parse_timezone(value: object) -> ZoneInfo:
         ) from None
 
 
-_TOP = {"state_dir", "rules_dir", "sources", "reports", "smtp", "log"}
-_SOURCE = {"name", "path", "start_at", "time_field", "max_line_bytes"}
-_REPORT = {
+TOP_KEYS = {"state_dir", "rules_dir", "sources", "reports", "smtp", "log"}
+SOURCE_KEYS = {"name", "path", "start_at", "time_field", "max_line_bytes"}
+REPORT_KEYS = {
     "name", "store", "rotate_at", "timezone", "keep", "compress", "to", "cc", "subject",
     "send_empty", "attach", "max_attachment_bytes", "top_fields",
 }  # fmt: skip
-_SMTP = {
+SMTP_KEYS = {
     "host", "port", "security", "verify_tls", "ca_file", "username", "password",
     "password_file", "from", "timeout", "max_per_hour", "retry_for", "retry_initial",
     "retry_max", "allow_plaintext_auth",
 }  # fmt: skip
-_LOG = {"level", "format"}
+LOG_KEYS = {"level", "format"}
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
@@ -401,7 +333,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     top = r.mapping(data, 1, "the configuration")
     if top is None:
         raise ProblemsError(problems)
-    r.unknown(top, _TOP, "the configuration")
+    r.unknown(top, TOP_KEYS, "the configuration")
     base = path.absolute().parent
 
     state_dir = r.path(top, "state_dir", base, "/var/lib/tailmail")
@@ -459,7 +391,7 @@ def _sources(r: _Reader, top: Map, base: Path) -> list[SourceConfig]:
     seen: dict[str, int] = {}
     result = []
     for m, _ in _named_items(r, top, "sources"):
-        r.unknown(m, _SOURCE, "a source")
+        r.unknown(m, SOURCE_KEYS, "a source")
         name = _unique_name(r, m, seen, "source")
         path = r.path(m, "path", base, required=True)
         start_at = r.choice(m, "start_at", ("end", "beginning"), "end")
@@ -478,7 +410,7 @@ def _reports(r: _Reader, top: Map, base: Path) -> list[ReportConfig]:
     stores: dict[Path, int] = {}
     result = []
     for m, line in _named_items(r, top, "reports"):
-        r.unknown(m, _REPORT, "a report")
+        r.unknown(m, REPORT_KEYS, "a report")
         name = _unique_name(r, m, seen, "report")
         store = r.path(m, "store", base, required=True)
         if store is not None:
@@ -561,7 +493,7 @@ def _smtp(r: _Reader, top: Map, base: Path) -> SmtpConfig | None:
     m = r.mapping(top["smtp"], top.line_of("smtp"), "smtp")
     if m is None:
         return None
-    r.unknown(m, _SMTP, "smtp")
+    r.unknown(m, SMTP_KEYS, "smtp")
     host = r.string(m, "host", required=True)
     from_addr = r.string(m, "from", required=True)
     if from_addr is not None:
@@ -649,7 +581,7 @@ def _log(r: _Reader, top: Map) -> LogConfig:
     m = r.mapping(top["log"], top.line_of("log"), "log")
     if m is None:
         return LogConfig()
-    r.unknown(m, _LOG, "log")
+    r.unknown(m, LOG_KEYS, "log")
     return LogConfig(
         level=r.choice(m, "level", ("debug", "info", "warning", "error"), "info"),  # type: ignore[arg-type]
         format=r.choice(m, "format", ("auto", "json", "console"), "auto"),  # type: ignore[arg-type]

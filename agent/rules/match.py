@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import re2
 
-from agent.periods import system_timezone
-from agent.yamlfile import Map, Problem, Seq
+from agent.config.yamlfile import Map, Problem, Seq
+from agent.core.periods import system_timezone
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]

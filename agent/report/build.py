@@ -28,50 +28,16 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import DEFAULT_SUBJECT, ReportConfig
-from agent.periods import Period
-from agent.reportview import (
-    LEVELS,
-    SHOW_CHARS,
-    Status,
-    build_view,
-    clean,
-    environment,
-    figure,
-    line_count,
-    one_line,
-    profiled,
-    size_text,
-)
-from agent.state import PeriodStats
-from agent.summary import FileSummary, RuleProfile, summarize_file
+from agent.config.model import DEFAULT_SUBJECT, ReportConfig
+from agent.core.figures import PeriodStats
+from agent.core.periods import Period
+from agent.core.text import clean, figure, line_count, one_line, size_text
+from agent.report.summary import FileSummary, RuleProfile, summarize_file
+from agent.report.types import Receipt, Rendered, ReportInput, Status
+from agent.report.view import LEVELS, SHOW_CHARS, build_view, environment, profiled
 
 HTML_BUDGET = 95_000  # bytes of the HTML part: mail clients clip long messages (Gmail at 102 KB)
 CHUNK = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class ReportInput:
-    report: ReportConfig
-    period: Period
-    hostname: str
-    version: str
-    built_at: datetime  # aware
-    stats: PeriodStats
-    # the period's store file (uncompressed JSON lines); None: nothing was stored
-    rotated_file: Path | None
-    rules: tuple[RuleProfile, ...]  # the rules feeding the report now: descriptions, top values
-    source_problems: tuple[str, ...]  # e.g. "source app: /var/log/app/events.json is missing"
-    delivery_problems: tuple[str, ...]  # earlier deliveries that failed since the last report
-    sender: str  # From:
-    message_id: str  # "<...@...>", deterministic per report and period
-    notices: tuple[str, ...] = ()  # worth knowing, not a problem (a store made again)
-    # e.g. "the store /var/log/tailmail/daily.jsonl belongs to uid 1000": red, like sources
-    store_problems: tuple[str, ...] = ()
-    # what may have been lost and cannot be known (copytruncate's blind window): amber
-    possible_losses: tuple[str, ...] = ()
-    rotated_bytes: int | None = None  # read only this much of rotated_file (a store in use)
-    preview: str = ""  # set by `report preview`: a sentence saying what the preview is
 
 
 def report_input(
@@ -191,19 +157,6 @@ def render_subject(report: ReportConfig, values: Mapping[str, object]) -> str:
     return one_line(text)
 
 
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """A built report: its status, its two bodies and the whole message."""
-
-    status: Status
-    reason: str
-    subject: str
-    text: str
-    html: str
-    message: bytes  # CRLF line ends, ready to queue
-    attached: str  # the attachment's file name, or ""
-
-
 def build_report(inp: ReportInput) -> bytes:
     """The whole report message, as bytes with CRLF line ends, ready to queue."""
     return render_report(inp).message
@@ -250,17 +203,6 @@ class _Attachment:
     data: bytes
     subtype: str  # of application/
     filename: str
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    note: str  # what became of the file, one paragraph
-    location: str  # the file's path when it is not attached, else ""
-    lines: str
-    sha256: str
-    checks: tuple[str, ...]  # shell commands that verify the receipt
-    agrees: str  # the figures and the file agree: one sentence, or ""
-    warning: str  # the figures and the file disagree, or ""
 
 
 def attachment_name(report: ReportConfig, period: Period) -> str:

@@ -35,11 +35,11 @@ import msgspec
 import orjson
 import structlog
 
-from agent.config import SmtpConfig
-from agent.fs import fsync_dir, make_dirs, open_append, write_all, write_atomic
+from agent.config.model import SmtpConfig
+from agent.core.fs import fsync_dir, make_dirs, open_append, write_all, write_atomic
 
 if TYPE_CHECKING:
-    from agent.mail import DeliveryResult, SmtpFailure
+    from agent.deliver.smtp import DeliveryResult, SmtpFailure
 
 log = structlog.get_logger("tailmail.mail")
 
@@ -579,7 +579,7 @@ class Sender:
         on_accepted: Callable[[DeliveryResult], None],
     ) -> tuple[SmtpFailure | None, DeliveryResult | None]:
         # Imported at the first delivery: aiosmtplib, ssl and email are not needed to start.
-        from agent.mail import SmtpFailure, deliver
+        from agent.deliver.smtp import SmtpFailure, deliver
 
         if not pending:  # everything was settled before a crash: only completion is left
             return None, None

@@ -24,16 +24,17 @@ from typing import Any
 import structlog
 
 from agent import __version__
-from agent.config import Config, ReportConfig, load_config
-from agent.control import StateLock, acquire, serve
-from agent.log import setup as setup_logging
-from agent.notify import Notifier
-from agent.outbox import Outbox, OutboxEntry, Sender
-from agent.pipeline import Pipeline
-from agent.rules import RuleBook
-from agent.store import compress, prune, rotated_files
-from agent.watch import Watcher
-from agent.yamlfile import ProblemsError
+from agent.config.load import load_config
+from agent.config.model import Config, ReportConfig
+from agent.config.yamlfile import ProblemsError
+from agent.deliver.outbox import Outbox, OutboxEntry, Sender
+from agent.outputs.store import compress, prune, rotated_files
+from agent.pipeline.pipeline import Pipeline
+from agent.rules.load import RuleBook
+from agent.service.control import StateLock, acquire, serve
+from agent.service.log import setup as setup_logging
+from agent.service.notify import Notifier
+from agent.tail.watch import Watcher
 
 log = structlog.get_logger("tailmail.service")
 

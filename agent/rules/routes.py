@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from agent.match import Event, Predicate, TimeTest, field_getter
-from agent.yamlfile import Map, Seq
+from agent.config.yamlfile import Map, Seq
+from agent.rules.match import Event, Predicate, TimeTest, field_getter
 
 EQ = "eq"
 PREFIX = "prefix"

@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from agent.config import LogConfig
+from agent.config.model import LogConfig
 
 _LEVELS = {
     "debug": logging.DEBUG,

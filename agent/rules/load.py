@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from agent.match import Compiler, Predicate, TimeTest, compile_when, describe, suggest
-from agent.routes import NOTHING_LEFT, Key, residual, rule_key
-from agent.yamlfile import Map, Problem, Seq, parse_yaml
+from agent.config.yamlfile import Map, Problem, Seq, parse_yaml
+from agent.rules.match import Compiler, Predicate, TimeTest, compile_when, describe, suggest
+from agent.rules.routes import NOTHING_LEFT, Key, residual, rule_key
 
 
 @dataclass(frozen=True, slots=True)

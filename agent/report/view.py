@@ -8,23 +8,32 @@ saying so). Pure: data in, data out.
 from __future__ import annotations
 
 import os
-import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import jinja2
 
-from agent.periods import Period
-from agent.state import PeriodStats
-from agent.summary import MAX_DISTINCT, FieldValues, FileSummary, RuleProfile
+from agent.core.figures import PeriodStats
+from agent.core.periods import Period
+from agent.core.text import (
+    clean,
+    duration,
+    figure,
+    line_count,
+    local_time,
+    more,
+    size_text,
+)
+from agent.report.summary import MAX_DISTINCT, FieldValues, FileSummary, RuleProfile
+from agent.report.types import Receipt, ReportInput, Status
 
 if TYPE_CHECKING:
-    from agent.report import Receipt, ReportInput
+    from agent.report.types import Receipt, ReportInput
 
 # Caps on what is listed; the report always says how many more there were.
 MAX_RULES = 40
@@ -52,7 +61,6 @@ VALUE_CHARS = 80  # a top value
 BAR_CHARS = 30  # the longest bar of the plain-text part
 CHART_PX = 72  # the tallest column of the HTML hour chart
 
-Status = Literal["green", "amber", "red"]
 _COLOURS: dict[str, tuple[str, str]] = {  # status -> (background, text)
     "green": ("#1e7b34", "#ffffff"),
     "amber": ("#f2b600", "#1f1f1f"),
@@ -503,7 +511,7 @@ def _join(*parts: str) -> str:
 @cache
 def environment(html: bool) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("agent", "templates"),
+        loader=jinja2.PackageLoader("agent.report", "templates"),
         autoescape=html,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -540,63 +548,3 @@ def _wrap(text: str, indent: int = 0, first: str = "", width: int = 78) -> str:
         break_long_words=True,
         break_on_hyphens=False,
     )
-
-
-# Characters str.splitlines() breaks on: the email package refuses any of them in a header.
-_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
-_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _escape(m: re.Match[str]) -> str:
-    code = ord(m.group())
-    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
-
-
-def one_line(text: str) -> str:
-    """A header-safe value: line breaks become one space, NUL and other controls go."""
-    return _CONTROLS.sub("", _BREAKS.sub(" ", text)).strip()
-
-
-def clean(text: str, limit: int) -> str:
-    """Event or config text fit for the body: controls shown as escapes, cut at `limit`."""
-    shown = _UNPRINTABLE.sub(_escape, text)
-    if len(shown) > limit:
-        return f"{shown[:limit]}... ({figure(len(shown) - limit)} more characters)"
-    return shown
-
-
-def figure(count: int) -> str:
-    return f"{count:,}"
-
-
-def line_count(count: int) -> str:
-    return f"{figure(count)} line{'s' if count != 1 else ''}"
-
-
-def more(count: int, what: str) -> str:
-    return f"... and {figure(count)} more {what}" if count > 0 else ""
-
-
-def size_text(size: int) -> str:
-    """`812 bytes`, `12.3 KiB (12,594 bytes)`: readable, and exact for checking."""
-    if size < 1024:
-        return f"{size:,} bytes"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit} ({size:,} bytes)"
-
-
-def local_time(at: datetime) -> str:
-    return f"{at:%Y-%m-%d %H:%M %Z}"
-
-
-def duration(delta: timedelta) -> str:
-    minutes = round(delta.total_seconds() / 60)
-    hours, rest = divmod(minutes, 60)
-    if rest == 0:
-        return f"{hours} hour{'s' if hours != 1 else ''}"
-    return f"{hours} h {rest} min"

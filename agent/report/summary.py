@@ -23,9 +23,9 @@ from typing import Any
 
 import orjson
 
-from agent.config import ReportConfig, SourceConfig
-from agent.decode import event_time
-from agent.rules import Rule
+from agent.config.model import ReportConfig, SourceConfig
+from agent.rules.load import Rule
+from agent.tail.eventtime import event_time
 
 MAX_DISTINCT = 10_000
 MAX_DISTINCT_TOTAL = 50_000

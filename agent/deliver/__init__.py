@@ -1,0 +1,3 @@
+"""Messages on disk until a server has taken them (`outbox`), and the SMTP transport and
+doctor (`smtp`).
+"""

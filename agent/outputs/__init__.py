@@ -1,0 +1,1 @@
+"""Where selected lines go and take part in the commit: the report stores (`store`)."""
