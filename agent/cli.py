@@ -20,8 +20,8 @@ from agent import __version__
 from agent.config.load import config_path, load_config
 from agent.config.model import Config
 from agent.config.yamlfile import ProblemsError
+from agent.core.errors import StateDamaged
 from agent.core.text import display_path
-from agent.pipeline.checkpoint import StateDamaged
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

@@ -31,13 +31,13 @@ from agent.config.yamlfile import Map, Problem, ProblemsError, Seq, load_yaml, p
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "DEFAULT_SUBJECT",
     "LOG_KEYS",
     "REPORT_KEYS",
     "SMTP_KEYS",
     "SOURCE_KEYS",
-    "TOP_KEYS",
-    "DEFAULT_SUBJECT",
     "SUBJECT_FIELDS",
+    "TOP_KEYS",
     "Config",
     "LogConfig",
     "Map",

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from agent.core.errors import ConfigError
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -37,7 +39,7 @@ class Problem:
         return f"{self.file}:{self.line}: {self.message}"
 
 
-class ProblemsError(Exception):
+class ProblemsError(ConfigError):
     """Raised at the edge with every problem found; the CLI prints them, one per line."""
 
     def __init__(self, problems: list[Problem]) -> None:

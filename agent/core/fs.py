@@ -18,15 +18,15 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from agent.core.errors import UnsafeFile
+
+__all__ = ["UnsafeFile"]  # raised here; defined with the other errors
+
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 _OPEN_FLAGS = (
     os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 )  # NONBLOCK: a planted FIFO never hangs us
-
-
-class UnsafeFile(PermissionError):
-    """A file the agent would write is not its own to write: refused, nothing written."""
 
 
 def make_dirs(path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, NotRequired, TypedDict
 import msgspec
 import orjson
 
+from agent.core.errors import StateDamaged
 from agent.core.figures import PeriodStats
 from agent.core.fs import fsync_dir, write_atomic
 from agent.tail.state import FileState
@@ -237,10 +238,6 @@ class _CheckpointDoc(TypedDict):
 
 
 _CHECKPOINT_DECODER = msgspec.json.Decoder(_CheckpointDoc)
-
-
-class StateDamaged(Exception):
-    """The agent's state cannot be used; the message says which file and what to do."""
 
 
 def _read(path: Path) -> bytes | None:
