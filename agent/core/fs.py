@@ -20,8 +20,6 @@ from pathlib import Path
 
 from agent.core.errors import UnsafeFile
 
-__all__ = ["UnsafeFile"]  # raised here; defined with the other errors
-
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 _OPEN_FLAGS = (

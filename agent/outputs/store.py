@@ -22,8 +22,8 @@ from pathlib import Path
 import structlog
 
 from agent.config.model import ReportConfig
+from agent.core.errors import UnsafeFile
 from agent.core.fs import (
-    UnsafeFile,
     check_own,
     create_new,
     directory,
