@@ -336,67 +336,34 @@ def cmd_test_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    from agent.service import control
+    from agent.service.log import setup
+    from agent.service.rotate import RotateFailed, rotate
 
     config = _config(args)
     if args.report and args.report not in {r.name for r in config.reports}:
         raise Failure(
             f"no report named {args.report!r}; reports: {', '.join(r.name for r in config.reports)}"
         )
-    lock = control.StateLock(config.state_dir)
-    try:
-        if lock.try_acquire():
-            try:
-                queued = _rotate_offline(config, args.report)
-            except OSError as exc:
-                raise Failure(f"cannot rotate: {exc}; nothing was rotated") from None
-            where = "the service will deliver it when it next runs"
-        else:
-            try:
-                reply = asyncio.run(
-                    control.request(config.state_dir, {"cmd": "rotate", "report": args.report})
-                )
-            except (OSError, TimeoutError) as exc:
-                raise Failure(
-                    f"the running service (pid {lock.holder()}) did not answer: {exc}"
-                ) from None
-            if not reply.get("ok"):
-                raise Failure(str(reply.get("error")))
-            queued = list(reply.get("queued", []))
-            where = "the running service delivers it now"
-    finally:
-        lock.close()
-    for outbox_id in queued:
-        print(f"queued {outbox_id}")
-    print(f"{len(queued)} report(s) queued; {where}")
-    return EXIT_OK
-
-
-def _rotate_offline(config: Config, only: str | None) -> list[str]:
-    from agent.deliver.outbox import Outbox
-    from agent.pipeline.pipeline import Pipeline
-    from agent.rules.load import RuleBook
-    from agent.service.log import setup
-
     setup(config.log)
-    rulebook = RuleBook(
-        config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
-    )
-    for problem in rulebook.reload():
-        print(problem, file=sys.stderr)
-    pipeline = Pipeline(config, rulebook, Outbox(config.state_dir / "outbox"))
     try:
-        pipeline.open()
-        pipeline.rotate_due()
-        while pipeline.pump():  # lines written while the service was down belong to this period
-            pass
-        queued: list[str] = []
-        for report in config.reports:
-            if only in (None, report.name):
-                queued.extend(q.outbox_id for q in pipeline.rotate(report))
-        return queued
-    finally:
-        pipeline.close()
+        done = rotate(config, args.report)
+    except RotateFailed as exc:
+        raise Failure(str(exc)) from None
+    for problem in done.problems:
+        print(problem, file=sys.stderr)
+    for outbox_id in done.queued:
+        print(f"queued {outbox_id}")
+    where = (
+        "the running service delivers it now"
+        if done.by_service
+        else "the service will deliver it when it next runs"
+    )
+    print(f"{len(done.queued)} report(s) queued; {where}")
+    if done.failed:
+        for outbox_id, why in done.failed.items():
+            print(f"tailmail: the report {outbox_id} could not be built: {why}", file=sys.stderr)
+        raise Failure("its period is closed; the service builds the report when it next runs")
+    return EXIT_OK
 
 
 # ---- status ----------------------------------------------------------------------------------

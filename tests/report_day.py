@@ -23,9 +23,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
+from pipeline_harness import ReportingPipeline
 
 from agent.config.model import Config, ReportConfig, SmtpConfig, SourceConfig
-from agent.deliver.outbox import Outbox
 from agent.pipeline.pipeline import Pipeline
 from agent.rules.load import RuleBook
 
@@ -177,8 +177,8 @@ def generate_day(
     clock = _Clock(DAY + timedelta(seconds=30))
     book = RuleBook(config.rules_dir, ["app"], ["daily"])
     assert book.reload() == []
-    outbox = Outbox(config.state_dir / "outbox")
-    pipeline = Pipeline(config, book, outbox, clock=clock)
+    pipeline = ReportingPipeline(config, book, clock=clock)
+    outbox = pipeline.outbox
     pipeline.hostname = hostname  # not this machine's: the same report wherever it is built
     log = tmp_path / LOGS / "events.json"
     try:

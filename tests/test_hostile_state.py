@@ -23,11 +23,11 @@ import orjson
 import pytest
 from agent_proc import Agent, tailmail, wait_for, write_config
 from hostile_ground import append, event_lines, log_events, need_root
+from pipeline_harness import ReportingPipeline
 from rotation_world import make_config, stored_lines
 
 from agent.config.load import load_config
 from agent.deliver.outbox import Outbox
-from agent.pipeline.pipeline import Pipeline
 from agent.rules.load import RuleBook
 from agent.tail.eventtime import event_time, time_reader
 
@@ -295,7 +295,7 @@ def test_a_clock_that_steps_back_and_forth_never_reuses_a_report_id(
     clock = Clock(datetime(2026, 12, 5, 10, tzinfo=UTC))  # a day ahead
     rulebook = RuleBook(config.rules_dir, ["app"], ["daily"])
     rulebook.reload()
-    pipeline = Pipeline(config, rulebook, Outbox(config.state_dir / "outbox"), clock=clock)
+    pipeline = ReportingPipeline(config, rulebook, clock=clock)
     pipeline.open()
     ids = []
     try:
@@ -314,7 +314,7 @@ def test_a_clock_that_steps_back_and_forth_never_reuses_a_report_id(
             while pipeline.pump():
                 pass
             pipeline.rotate_due()
-            ids += [q.outbox_id for q in pipeline.rotate(config.reports[0])]
+            ids.append(pipeline.rotate(config.reports[0]).outbox_id)
     finally:
         pipeline.close()
     assert len(set(ids)) == len(ids) == 5, ids
@@ -391,13 +391,13 @@ def test_period_starts_only_go_forward(tmp_path: Path, closed_port: int) -> None
     config = load_config(make_config(tmp_path, closed_port))
     clock = Clock(datetime(2026, 12, 5, 10, tzinfo=UTC))
     rulebook = RuleBook(config.rules_dir, ["app"], ["daily"])
-    pipeline = Pipeline(config, rulebook, Outbox(config.state_dir / "outbox"), clock=clock)
+    pipeline = ReportingPipeline(config, rulebook, clock=clock)
     pipeline.open()
     try:
         first = pipeline.period(config.reports[0]).start
         clock.now -= timedelta(days=2)
-        [queued] = pipeline.rotate(config.reports[0])
-        assert queued.period.start == queued.period.end == first
+        queued = pipeline.rotate(config.reports[0])
+        assert queued.start == queued.end == first
         assert pipeline.period(config.reports[0]).start > first
     finally:
         pipeline.close()

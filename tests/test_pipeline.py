@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 from mailview import bodies, parse
+from pipeline_harness import ReportingPipeline
 
 from agent.config.model import Config, ReportConfig, SmtpConfig, SourceConfig
-from agent.deliver.outbox import Outbox
 from agent.pipeline import pipeline as pipeline_module
 from agent.pipeline.checkpoint import load_checkpoint
 from agent.pipeline.pipeline import Pipeline
@@ -65,7 +65,7 @@ def open_pipeline(config: Config, clock: Clock) -> Pipeline:
         config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
     )
     assert book.reload() == []
-    pipeline = Pipeline(config, book, Outbox(config.state_dir / "outbox"), clock=clock)
+    pipeline = ReportingPipeline(config, book, clock=clock)
     pipeline.open()
     return pipeline
 
@@ -205,7 +205,7 @@ def test_rotation_missed_while_stopped_happens_at_start(tmp_path: Path, clock: C
     clock.now = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)  # three days later
     pipeline = open_pipeline(cfg, clock)
     [queued] = pipeline.rotate_due()
-    assert queued.period.day.isoformat() == "2026-11-21"
+    assert queued.day.isoformat() == "2026-11-21"
     state = load_checkpoint(cfg.state_dir).reports["daily"]
     assert state.stats.start == "2026-11-24T00:00:00+00:00"
     assert pipeline.rotate_due() == []
@@ -422,7 +422,7 @@ def test_two_forced_rotations_within_a_second_queue_two_reports(
     for i in range(3):
         write(tmp_path / "logs" / "a.json", {"n": i})
         drain(pipeline)
-        firsts += pipeline.rotate(cfg.reports[0])
+        firsts.append(pipeline.rotate(cfg.reports[0]))
         clock.advance(seconds=0.25)
     ids = [q.outbox_id for q in firsts]
     assert len(set(ids)) == 3, ids

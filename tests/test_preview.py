@@ -10,12 +10,12 @@ from pathlib import Path
 import orjson
 from agent_proc import Agent, tailmail, wait_for, write_config
 from mailview import attachments, bodies, cells, follows, parse
+from pipeline_harness import ReportingPipeline
 from test_cli import base_config
 
 from agent.config.load import load_config
 from agent.deliver.outbox import Outbox
 from agent.pipeline.checkpoint import load_checkpoint
-from agent.pipeline.pipeline import Pipeline
 from agent.rules.load import RuleBook
 
 EVENTS = [
@@ -58,7 +58,7 @@ def read_offline(config: Path) -> None:
     cfg = load_config(config)
     book = RuleBook(cfg.rules_dir, [s.name for s in cfg.sources], [r.name for r in cfg.reports])
     book.reload()
-    pipeline = Pipeline(cfg, book, Outbox(cfg.state_dir / "outbox"))
+    pipeline = ReportingPipeline(cfg, book)
     try:
         pipeline.open()
         while pipeline.pump():

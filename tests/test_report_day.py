@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from mailview import attached_content, attachments, bodies, cells, follows, hour_columns, parse
+from pipeline_harness import ReportingPipeline
 from render import read_png, screenshot
 from report_day import (
     BERLIN,
@@ -170,20 +171,18 @@ def test_next_period_continues_each_file_where_this_receipt_ended(tmp_path: Path
     size = log.stat().st_size
     with log.open("ab") as fh:
         fh.write(orjson.dumps({"ts": "2026-11-20T08:00:00Z", "event": "backup.failed"}) + b"\n")
-    from agent.deliver.outbox import Outbox
-    from agent.pipeline.pipeline import Pipeline
     from agent.rules.load import RuleBook
 
     clock_at = DAY.timestamp() + 86_400 + 3600
     book = RuleBook(day.config.rules_dir, ["app"], ["daily"])
     book.reload()
-    outbox = Outbox(day.config.state_dir / "outbox")
-    pipeline = Pipeline(day.config, book, outbox, clock=lambda: clock_at)
+    pipeline = ReportingPipeline(day.config, book, clock=lambda: clock_at)
+    outbox = pipeline.outbox
     try:
         pipeline.open()
         while pipeline.pump():
             pass
-        [queued] = pipeline.rotate(day.config.reports[0])
+        queued = pipeline.rotate(day.config.reports[0])
     finally:
         pipeline.close()
     [entry] = [e for e in outbox.entries() if e.id == queued.outbox_id]

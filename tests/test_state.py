@@ -35,6 +35,7 @@ def sample_checkpoint() -> Checkpoint:
         files={"app:1:2": {"path": "/var/log/app/events.json", "lines": 10}},
     )
     rotation = Rotation(
+        report="daily",
         rotated=Path("/var/log/tailmail/daily-2026-11-20.jsonl"),
         start=datetime(2026, 11, 20, tzinfo=UTC),
         end=datetime(2026, 11, 21, tzinfo=UTC),
@@ -61,6 +62,7 @@ def sample_checkpoint() -> Checkpoint:
             "daily": ReportState(store_size=1234, stats=stats, rotating=rotation, last_sent="x")
         },
         started_before=True,
+        closed=[rotation],
     )
 
 

@@ -32,8 +32,14 @@ VERSION = 1
 
 @dataclass(slots=True)
 class Rotation:
-    """A rotation whose intent is committed; a crash in the middle is finished on start."""
+    """A period being closed, then closed and waiting for its report.
 
+    Its intent is committed before the store is renamed, so a crash in the middle is finished
+    on start; once the store is renamed it moves to `Checkpoint.closed` until its report is
+    queued (the reporter builds it outside the reading path, and retries when that fails).
+    """
+
+    report: str
     rotated: Path  # where the period's store goes
     start: datetime  # aware, UTC
     end: datetime
@@ -41,21 +47,26 @@ class Rotation:
     stats: PeriodStats  # the period's figures, frozen at its end
     size: int  # the store's committed bytes: what the rotated file holds
     outbox_id: str
+    attempts: int = 0  # builds of its report that failed
+    error: str = ""  # why the last one failed
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rotated": str(self.rotated), "start": _iso(self.start), "end": _iso(self.end),
-            "day": self.day.isoformat(), "stats": self.stats.to_dict(), "size": self.size,
-            "outbox_id": self.outbox_id,
+            "report": self.report, "rotated": str(self.rotated), "start": _iso(self.start),
+            "end": _iso(self.end), "day": self.day.isoformat(), "stats": self.stats.to_dict(),
+            "size": self.size, "outbox_id": self.outbox_id, "attempts": self.attempts,
+            "error": self.error,
         }  # fmt: skip
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Rotation:
+    def from_dict(cls, d: dict[str, Any], report: str = "") -> Rotation:
         _instant(d["stats"]["start"])
         return cls(
-            rotated=Path(d["rotated"]), start=_instant(d["start"]), end=_instant(d["end"]),
+            report=d.get("report", report), rotated=Path(d["rotated"]),
+            start=_instant(d["start"]), end=_instant(d["end"]),
             day=date.fromisoformat(d["day"]), stats=PeriodStats.from_dict(d["stats"]),
-            size=d["size"], outbox_id=d["outbox_id"],
+            size=d["size"], outbox_id=d["outbox_id"], attempts=d.get("attempts", 0),
+            error=d.get("error", ""),
         )  # fmt: skip
 
 
@@ -75,11 +86,11 @@ class ReportState:
         }  # fmt: skip
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ReportState:
+    def from_dict(cls, d: dict[str, Any], name: str = "") -> ReportState:
         rotating = d.get("rotating")
         return cls(
             store_size=d["store_size"], stats=PeriodStats.from_dict(d["stats"]),
-            rotating=Rotation.from_dict(rotating) if rotating is not None else None,
+            rotating=Rotation.from_dict(rotating, name) if rotating is not None else None,
             last_sent=d.get("last_sent"),
         )  # fmt: skip
 
@@ -92,6 +103,8 @@ class Checkpoint:
     # Positions of truncated files whose copy may still turn up (see sources.Retired), so a
     # crash between seeing the truncation and finding the copy does not read the copy twice.
     retired: list[dict[str, Any]] = field(default_factory=list)
+    # Periods closed (their store renamed) whose report is not queued yet, oldest first.
+    closed: list[Rotation] = field(default_factory=list)
     # Set by load_checkpoint when the current checkpoint was damaged and the previous one is
     # used instead: what was wrong, for the log and the reports.
     recovered: str | None = None
@@ -104,6 +117,7 @@ class Checkpoint:
                 "files": {k: v.to_dict() for k, v in self.files.items()},
                 "reports": {k: v.to_dict() for k, v in self.reports.items()},
                 "retired": self.retired,
+                "closed": [c.to_dict() for c in self.closed],
             }
         )
 
@@ -126,9 +140,10 @@ class Checkpoint:
                 _instant(report["stats"]["start"])  # a period must start at a usable instant
             return cls(
                 files={k: FileState.from_dict(v) for k, v in d.get("files", {}).items()},
-                reports={k: ReportState.from_dict(v) for k, v in d.get("reports", {}).items()},
+                reports={k: ReportState.from_dict(v, k) for k, v in d.get("reports", {}).items()},
                 started_before=d.get("started_before", False),
                 retired=[dict(r) for r in d.get("retired", [])],
+                closed=[Rotation.from_dict(c) for c in d.get("closed", [])],
             )
         except ValueError as exc:  # a time or date that does not parse, or is out of range
             raise ValueError(f"unexpected content: {exc}") from None
@@ -208,6 +223,9 @@ class _StatsDoc(TypedDict):
 
 
 class _RotationDoc(TypedDict):
+    report: NotRequired[str]
+    attempts: NotRequired[_Count]
+    error: NotRequired[str]
     rotated: Annotated[str, msgspec.Meta(min_length=2)]
     start: str
     end: str
@@ -235,6 +253,7 @@ class _CheckpointDoc(TypedDict):
     files: NotRequired[dict[str, _FileDoc]]
     reports: NotRequired[dict[str, _ReportDoc]]
     retired: NotRequired[list[_RetiredDoc]]
+    closed: NotRequired[list[_RotationDoc]]
 
 
 _CHECKPOINT_DECODER = msgspec.json.Decoder(_CheckpointDoc)

@@ -1,33 +1,36 @@
-"""The pipeline: source files -> events -> rules -> report stores, and the daily rotation.
+"""The pipeline: source files -> events -> rules -> outputs, the one commit point, and the
+closing of periods.
 
-One object owns the checkpoint, the open source files and the stores, and it is only ever
+One object owns the checkpoint, the open source files and the outputs, and it is only ever
 driven from one thread (the service's event loop, or the `rotate` command when no service runs),
-so no state here needs a lock. A pump reads a bounded amount, stores what the rules select and
-commits: stores fsynced first, then the checkpoint that counts their bytes and the offsets that
-produced them, in one atomic rename.
+so no state here needs a lock. A pump reads a bounded amount, hands what the rules select to the
+outputs and commits: outputs flushed first, then the checkpoint that counts their bytes and the
+offsets that produced them, in one atomic rename.
+
+Closing a period is cheap and synchronous: its intent is committed, the store renamed, and the
+closed period recorded in the checkpoint. Its report is built and queued elsewhere (the
+service's reporter), which marks it `reported` here: a report that cannot be built never stops
+reading.
 """
 
 from __future__ import annotations
 
-import socket
+import contextlib
+import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
-from agent import __version__
 from agent.config.model import Config, ReportConfig
 from agent.core.figures import PeriodStats
 from agent.core.fs import make_dirs
 from agent.core.periods import Period, hour_counts, period_from, period_of, system_timezone
 from agent.core.text import display_path
-from agent.deliver.outbox import Outbox
-from agent.outputs.store import ReportStore, prune, rotate_store, rotated_path
+from agent.outputs.store import ReportStore, rotate_store, rotated_path
 from agent.pipeline.checkpoint import (
     Checkpoint,
     ReportState,
@@ -50,13 +53,6 @@ PUMP_BYTES = 8 << 20  # per pump: bounded so rotation, delivery and signals are 
 COMMIT_BYTES = 64 << 20
 COMMIT_SECONDS = 1.0
 LOG_BAD_LINES = 10  # bad lines logged one by one per pump; beyond that, one summary line
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    report: str
-    outbox_id: str
-    period: Period
 
 
 def report_id(report: str, start: datetime) -> str:
@@ -100,16 +96,17 @@ class Pipeline:
         self,
         config: Config,
         rulebook: RuleBook,
-        outbox: Outbox,
         clock: Callable[[], float] = time.time,
-        on_queued: Callable[[], None] = lambda: None,
+        id_taken: Callable[[str], bool] = lambda outbox_id: False,
+        on_closed: Callable[[], None] = lambda: None,
     ) -> None:
+        """`id_taken`: whether a report id is known already (queued, failed or delivered), so
+        that a new period never gets one; `on_closed`: a period was closed, its report is due."""
         self.config = config
         self.rulebook = rulebook
-        self.outbox = outbox
         self.clock = clock
-        self.on_queued = on_queued
-        self.hostname = socket.gethostname()
+        self.id_taken = id_taken
+        self.on_closed = on_closed
         self.local_tz = system_timezone()
         make_dirs(config.state_dir)
         self.checkpoint: Checkpoint = load_checkpoint(config.state_dir, repair=True)
@@ -579,18 +576,50 @@ class Pipeline:
     def next_rotation(self) -> datetime:
         return min(self.period(r).end for r in self.config.reports)
 
-    def rotate_due(self) -> list[Queued]:
-        """Rotate every report whose period has ended (also periods missed while stopped)."""
+    def rotate_due(self) -> list[Rotation]:
+        """Close every report's period that has ended (also periods missed while stopped)."""
         now = self.now()
-        queued = []
+        closed = []
         for report in self.config.reports:
             period = self.period(report)
             if now >= period.end:
-                queued.extend(self.rotate(report, period.end))
-        return queued
+                closed.append(self.rotate(report, period.end))
+        return closed
 
-    def rotate(self, report: ReportConfig, at: datetime | None = None) -> list[Queued]:
-        """Close the report's period at `at` (default now), queue its report, start the next."""
+    def marks(self) -> dict[str, int]:
+        """How far every source file reaches now: a rotation asked for now closes its period
+        after every line written before it (see `close_now`)."""
+        self.rescan()  # a file made before the request but not noticed yet belongs to it too
+        marks = {}
+        for _, tailed in self._every_file():
+            with contextlib.suppress(OSError):
+                marks[tailed.key] = os.fstat(tailed.fd).st_size
+        return marks
+
+    def caught_up(self, marks: dict[str, int]) -> bool:
+        """Every marked file still open is read up to its mark (a last line without its
+        newline is not counted: it belongs to no period yet)."""
+        files = {tailed.key: tailed for _, tailed in self._every_file()}
+        return all(
+            files[key].splitter.read_pos >= mark for key, mark in marks.items() if key in files
+        )
+
+    def close_now(self, reports: Sequence[ReportConfig]) -> Generator[None, None, list[Rotation]]:
+        """Close the periods of `reports` after every line written before now, however far
+        behind reading is: pumps until caught up, yielding between pumps (the service lets its
+        other tasks run there; `rotate` without a service just goes on), then rotates.
+
+        The one implementation of a forced rotation, with the service and without.
+        """
+        marks = self.marks()
+        while not self.caught_up(marks):
+            if not self.pump():
+                break  # a file shrank or went: nothing more of it can be read
+            yield
+        return [self.rotate(report) for report in reports]
+
+    def rotate(self, report: ReportConfig, at: datetime | None = None) -> Rotation:
+        """Close the report's period at `at` (default now) and start the next one."""
         self.commit()
         now = self.now()
         rs = self.checkpoint.reports[report.name]
@@ -612,6 +641,7 @@ class Pipeline:
         store = self.stores.get(report.name)
         size = store.size if store is not None else rs.store_size
         rs.rotating = rotation = Rotation(
+            report=report.name,
             rotated=rotated_path(report, day),
             start=start,
             end=end,
@@ -638,10 +668,10 @@ class Pipeline:
             rs.rotating, rs.stats, rs.store_size = None, rotation.stats, size
             raise
         self._finish_rotation(report)
-        return [Queued(report.name, rotation.outbox_id, Period(start, end, day))]
+        return rotation
 
     def _fresh_id(self, report: str, start: datetime) -> str:
-        """The period's report id, never one the outbox knows (queued, failed or delivered).
+        """The period's report id, never one already known (queued, failed or delivered).
 
         Starts only go forward, so the id of a period is new by construction; this also holds
         when the state went back to the previous checkpoint, after a report was queued from
@@ -649,7 +679,8 @@ class Pipeline:
         """
         base = candidate = report_id(report, start)
         n = 1
-        while self.outbox.contains(candidate):
+        taken = {c.outbox_id for c in self.checkpoint.closed}
+        while candidate in taken or self.id_taken(candidate):
             n += 1
             candidate = f"{base}.{n}"
         if n > 1:
@@ -669,17 +700,17 @@ class Pipeline:
         if report not in self._requested:
             self._requested.append(report)
 
-    def finish_rotations(self) -> list[Queued]:
+    def finish_rotations(self) -> list[Rotation]:
         """Finish rotations that a write error interrupted, then the ones asked for meanwhile
         (no line is read before they are)."""
         for report in self.config.reports:
             if self.checkpoint.reports[report.name].rotating is not None:
                 self._finish_rotation(report)
-        queued: list[Queued] = []
+        closed: list[Rotation] = []
         while self._requested:
-            queued.extend(self.rotate(self.config.report(self._requested[0])))
+            closed.append(self.rotate(self.config.report(self._requested[0])))
             del self._requested[0]
-        return queued
+        return closed
 
     def _finish_rotation(self, report: ReportConfig) -> None:
         """Steps of a rotation after its intent was committed; each is safe to repeat."""
@@ -689,73 +720,48 @@ class Pipeline:
         store = self.stores.pop(report.name, None)
         if store is not None:
             store.close()
-        rotated = rotation.rotated
         try:
-            rotate_store(report, rotated, rotation.size)
+            rotate_store(report, rotation.rotated, rotation.size)
         except OSError:
             # Tried again by the next pump; meanwhile the store is not written (reading waits).
             self.stores[report.name] = ReportStore(report, 0)
             raise
         self._open_store(report, 0)
-        stats = rotation.stats
-        period = Period(rotation.start, rotation.end, rotation.day)
-        if not self.outbox.contains(rotation.outbox_id):
-            if stats.selected == 0 and not report.send_empty:
-                log.info("report.skipped_empty", report=report.name, period=str(rotation.day))
-                rotated.unlink(missing_ok=True)
-            else:
-                self._queue_report(report, period, stats, rotated, rotation.outbox_id)
+        if rotation.stats.selected == 0 and not report.send_empty:
+            log.info("report.skipped_empty", report=report.name, period=str(rotation.day))
+            rotation.rotated.unlink(missing_ok=True)
+        elif rotation.outbox_id not in {c.outbox_id for c in self.checkpoint.closed}:
+            self.checkpoint.closed.append(rotation)
         rs.rotating = None
         save_checkpoint(self.config.state_dir, self.checkpoint)
-        prune(report, self.outbox.unsent_files())
-        self.on_queued()
-
-    def _queue_report(
-        self,
-        report: ReportConfig,
-        period: Period,
-        stats: PeriodStats,
-        rotated: Path,
-        outbox_id: str,
-    ) -> None:
-        # Imported here: jinja2 and the templates are needed once a day, not at every start.
-        from agent.report.build import build_report, report_input
-        from agent.report.summary import rule_profiles
-
-        message = build_report(
-            report_input(
-                report,
-                period,
-                stats,
-                rotated if rotated.exists() and rotated.stat().st_size else None,
-                rules=rule_profiles(
-                    report, self.rulebook.rules, self.config.sources, self.local_tz
-                ),
-                delivery_events=self.outbox.problems_since_last_delivery(report.name),
-                hostname=self.hostname,
-                version=__version__,
-                built_at=self.now(),
-                sender=self.config.smtp.from_addr,
-                message_id=f"<tailmail.{outbox_id}@{self.hostname}>",
-            )
-        )
-        self.outbox.put(
-            outbox_id,
-            message,
-            {
-                "report": report.name,
-                "period": period.day.isoformat(),
-                "period_start": _iso(period.start),
-                "period_end": _iso(period.end),
-                "recipients": [*report.to, *report.cc],
-                "rotated_file": str(rotated),
-                "compress": report.compress,
-            },
-        )
         log.info(
-            "report.queued",
+            "period.closed",
             report=report.name,
-            period=period.day.isoformat(),
-            selected=stats.selected,
-            id=outbox_id,
+            period=str(rotation.day),
+            selected=rotation.stats.selected,
+            file=str(rotation.rotated),
+            id=rotation.outbox_id,
         )
+        self.on_closed()
+
+    # ---- reports of closed periods -----------------------------------------------------
+
+    @property
+    def closed(self) -> tuple[Rotation, ...]:
+        """Periods closed whose report is not queued yet, oldest first."""
+        return tuple(self.checkpoint.closed)
+
+    def reported(self, outbox_id: str) -> None:
+        """The closed period's report is queued: forget the period (committed)."""
+        before = len(self.checkpoint.closed)
+        self.checkpoint.closed = [c for c in self.checkpoint.closed if c.outbox_id != outbox_id]
+        if len(self.checkpoint.closed) != before:
+            self.commit()
+
+    def report_failed(self, outbox_id: str, error: str) -> None:
+        """Building the closed period's report failed: counted with the period (committed with
+        the next commit), for status and the next report."""
+        for closed in self.checkpoint.closed:
+            if closed.outbox_id == outbox_id:
+                closed.attempts += 1
+                closed.error = error

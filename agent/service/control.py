@@ -111,3 +111,21 @@ async def request(
         raise ConnectionError("the service closed the connection without answering")
     reply: dict[str, Any] = orjson.loads(line)
     return reply
+
+
+async def ask(
+    state_dir: Path, message: dict[str, Any], within: float = 300.0, connect_within: float = 60.0
+) -> dict[str, Any]:
+    """`request`, to a service that holds the lock: one starting up (or reloading) may not have
+    its socket yet, so connecting is tried again until `connect_within` has passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_within
+    delay = 0.02
+    while True:
+        try:
+            return await request(state_dir, message, within)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)

@@ -158,8 +158,7 @@ def preview_sample(
             sources=(replace(source, path=glob.escape(str(sample)), start_at="beginning"),),
             reports=(replace(report, store=store),),
         )
-        outbox = Outbox(work / "outbox")
-        pipeline = Pipeline(scratch, rulebook, outbox, clock=at.timestamp)
+        pipeline = Pipeline(scratch, rulebook, clock=at.timestamp)
         try:
             pipeline.open()
             while pipeline.pump():

@@ -1,10 +1,12 @@
-"""`tailmail run`: the service's tasks, signals and lifecycle.
+"""`tailmail run`: the one place that builds the objects, starts the tasks and installs signals.
 
-Three phases as in uvicorn: start (lock the state, load rules, reconcile the pipeline, finish
-missed rotations), serve (tasks in one TaskGroup: tailing, rotation timer, mail sender, rule
-reloads, control socket, systemd watchdog), stop (a signal only sets a flag; the current pump
+Three phases as in uvicorn: `startup` (load rules, reconcile the pipeline, close missed
+periods), `serve` (tasks in one TaskGroup: tailing, rotation timer, reporter, sender, rule
+reloads, rescans, systemd watchdog), `shutdown` (a signal only sets a flag; the current pump
 completes and is committed, then the tasks are cancelled). SIGHUP re-reads the configuration
-and, when it is valid, restarts the serve phase with it, without releasing the state lock.
+and, when it is valid, runs the three phases again with it, without releasing the state lock.
+The control socket lives as long as the process: a command that arrives while a phase starts
+waits for it instead of finding no socket.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from agent import __version__
 from agent.config.load import load_config
 from agent.config.model import Config, ReportConfig
 from agent.config.yamlfile import ProblemsError
+from agent.core.errors import WriteError
 from agent.deliver.outbox import Outbox, OutboxEntry, Sender
-from agent.outputs.store import compress, prune, rotated_files
 from agent.pipeline.pipeline import Pipeline
 from agent.rules.load import RuleBook
 from agent.service.control import StateLock, acquire, serve
 from agent.service.log import setup as setup_logging
 from agent.service.notify import Notifier
+from agent.service.reporter import Reporter
+from agent.service.retention import tidy
 from agent.tail.watch import Watcher
 
 log = structlog.get_logger("tailmail.service")
@@ -47,6 +51,7 @@ MAX_TIMER_SECONDS = 60.0  # re-read the wall clock at least this often (suspend,
 BACKOFF_MAX = 60.0
 RETRY_ROTATION_SECONDS = 10.0
 STATUS_SECONDS = 5.0
+CONTROL_WAIT_SECONDS = 300.0  # a command waits this long for a starting or reloading service
 
 
 class Service:
@@ -68,15 +73,27 @@ class Service:
         self._parked = False
         self._write_error = ""  # why the last commit failed, until one works again
         self._vital: list[asyncio.Task[None]] = []
+        self.ready = asyncio.Event()  # startup is done: the control socket may use it
         self.rulebook = RuleBook(
             config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
         )
         self.outbox = Outbox(config.state_dir / "outbox")
         self.sender = Sender(self.outbox, config.smtp, self._delivered)
-        self.pipeline = Pipeline(config, self.rulebook, self.outbox, on_queued=self.sender.wake)
+        self.pipeline = Pipeline(
+            config, self.rulebook, id_taken=self.outbox.contains, on_closed=self._closed
+        )
+        self.reporter = Reporter(config, self.pipeline, self.rulebook, self.outbox, self._queued)
 
     async def run(self) -> None:
-        """Serve until stop or reload is set."""
+        """The three phases: serve until stop or reload is set."""
+        await self.startup()
+        try:
+            await self.serve()
+        finally:
+            self.shutdown()
+
+    async def startup(self) -> None:
+        """Rules, the pipeline reconciled with the checkpoint, missed periods closed, READY."""
         self._log_problems(self.rulebook.reload())
         self.pipeline.open()
         try:
@@ -85,10 +102,8 @@ class Service:
             # The tail loop retries the write and the timer the rotation; the service starts.
             log.error("rotation.failed", error=str(exc), retry_in=RETRY_ROTATION_SECONDS)
         self._tidy_rotated()
-        loop = asyncio.get_running_loop()
-        watcher = self.watcher = Watcher(loop)
-        self._watch(watcher)
-        server = await serve(self.config.state_dir, self._control)
+        self.watcher = Watcher(asyncio.get_running_loop())
+        self._watch(self.watcher)
         if not self.config.smtp.verify_tls and self.config.smtp.security != "none":
             log.warning(
                 "smtp.tls_unverified", host=self.config.smtp.host, hint="verify_tls is false"
@@ -98,6 +113,7 @@ class Service:
             # out of the collector's generations, it is not scanned again and again while
             # catching up. Only once: a reload's leftovers stay collectable.
             gc.freeze()
+        self.ready.set()
         self.notifier.ready(self._status())
         log.info(
             "service.started",
@@ -105,31 +121,37 @@ class Service:
             sources=len(self.config.sources),
             rules=len(self.rulebook.rules),
         )
-        try:
-            async with asyncio.TaskGroup() as tg:
-                self._vital = [
-                    tg.create_task(self._tail()),
-                    tg.create_task(self._timer()),
-                    tg.create_task(self.sender.run()),
-                ]
-                tasks = [
-                    *self._vital,
-                    tg.create_task(self._rules()),
-                    tg.create_task(self._rescan_loop(watcher)),
-                    tg.create_task(self._watchdog()),
-                ]
-                stop_wait = tg.create_task(self.stop.wait())
-                reload_wait = tg.create_task(self.reload.wait())
-                await asyncio.wait([stop_wait, reload_wait], return_when=asyncio.FIRST_COMPLETED)
-                for task in [*tasks, stop_wait, reload_wait]:
-                    task.cancel()
-        finally:
-            server.close()
-            watcher.stop()
-            with contextlib.suppress(OSError):
-                self.pipeline.commit()
-            self.pipeline.close()
-            (self.config.state_dir / "control.sock").unlink(missing_ok=True)
+
+    async def serve(self) -> None:
+        """The tasks, until stop or reload is set; then they are cancelled."""
+        assert self.watcher is not None
+        async with asyncio.TaskGroup() as tg:
+            self._vital = [
+                tg.create_task(self._tail()),
+                tg.create_task(self._timer()),
+                tg.create_task(self.sender.run()),
+                tg.create_task(self.reporter.run()),
+            ]
+            tasks = [
+                *self._vital,
+                tg.create_task(self._rules()),
+                tg.create_task(self._rescan_loop(self.watcher)),
+                tg.create_task(self._watchdog()),
+            ]
+            stop_wait = tg.create_task(self.stop.wait())
+            reload_wait = tg.create_task(self.reload.wait())
+            await asyncio.wait([stop_wait, reload_wait], return_when=asyncio.FIRST_COMPLETED)
+            for task in [*tasks, stop_wait, reload_wait]:
+                task.cancel()
+
+    def shutdown(self) -> None:
+        """Commit what was read, close every file."""
+        self.ready.clear()
+        if self.watcher is not None:
+            self.watcher.stop()
+        with contextlib.suppress(OSError):
+            self.pipeline.commit()
+        self.pipeline.close()
 
     # ---- tasks -----------------------------------------------------------------------------
 
@@ -144,8 +166,14 @@ class Service:
                     if self.watcher is not None:  # symlinks may now lead into other directories
                         self._watch(self.watcher)
                 progressed = self.pipeline.pump()
-            except OSError as exc:
+            except OSError as exc:  # a WriteError, or an OSError no one foresaw: the same retry
                 await self._recover_writes(exc)
+                continue
+            except Exception as exc:
+                # A bug met in a file or an event must not end the service (systemd would start
+                # it again on the same input, for ever): logged whole, retried like a write.
+                log.exception("pipeline.failed", error=repr(exc))
+                await self._recover_writes(WriteError(0, f"the pipeline failed: {exc!r}"))
                 continue
             if progressed:
                 await asyncio.sleep(0)  # let the other tasks in between big batches
@@ -177,7 +205,8 @@ class Service:
             backoff = min(backoff * 2, BACKOFF_MAX)
             try:
                 self.pipeline.commit()
-                self.pipeline.finish_rotations()
+                if self.pipeline.finish_rotations():
+                    self.reporter.wake()
             except OSError as again:
                 exc = again
                 continue
@@ -290,6 +319,15 @@ class Service:
     def _on_rules_event(self, path: str, renamed: bool) -> None:
         self.rules_changed.set()
 
+    def _closed(self) -> None:
+        """A period was closed: its report is due."""
+        self.reporter.wake()
+
+    def _queued(self) -> None:
+        """A report was queued: send it, and apply retention."""
+        self.sender.wake()
+        self._tidy_rotated()
+
     def _delivered(self, entry: OutboxEntry) -> None:
         """A report was accepted: its file may now be compressed, and old files pruned."""
         report = next((r for r in self.config.reports if r.name == entry.meta.get("report")), None)
@@ -298,54 +336,57 @@ class Service:
             self._tidy_rotated(report, sent=entry.meta.get("rotated_file"))
 
     def _tidy_rotated(self, only: ReportConfig | None = None, sent: str | None = None) -> None:
-        """Compress the rotated files whose reports were sent, then apply `keep`.
+        """Retention, also at start: a run stopped between a delivery and its compression left
+        it undone."""
+        unsent = (self.outbox.unsent_files() | self.reporter.pending_files()) - {sent}
+        tidy(self.config, unsent, only)
 
-        Also run at start: a run stopped between a delivery and its compression left it undone.
-        """
-        unsent = self.outbox.unsent_files() - {sent}
-        for report in self.config.reports:
-            if only is not None and report is not only:
-                continue
-            if report.compress == "gzip":
-                for path in rotated_files(report):
-                    if path.suffix != ".gz" and str(path) not in unsent:
-                        try:
-                            compress(path)
-                        except OSError as exc:
-                            log.error("store.compress_failed", path=str(path), error=str(exc))
-            prune(report, unsent)
-
-    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def control(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("cmd") == "rotate":
             name = request.get("report")
             reports = [r for r in self.config.reports if name in (None, r.name)]
             if not reports:
                 return {"ok": False, "error": f"no report named {name!r}"}
-            queued: list[str] = []
-            done: set[str] = set()
-            try:
-                self.pipeline.pump()  # what was written before the request belongs to this period
-                for report in reports:
-                    queued.extend(q.outbox_id for q in self.pipeline.rotate(report))
-                    done.add(report.name)
-            except OSError as exc:
-                for report in reports:
-                    # A rotation whose intent is durable is finished by the next pump; the
-                    # others are kept and done as soon as the state can be written again.
-                    if report.name not in done and not self.pipeline.rotating(report):
-                        self.pipeline.request_rotation(report.name)
-                self.data.set()  # the tail loop notices the failure too, and retries
-                return {
-                    "ok": False,
-                    "error": f"cannot rotate now: {exc}; the service rotates as soon as it can "
-                    "write again",
-                }
-            return {"ok": True, "queued": queued}
+            return await self._rotate(reports)
         if request.get("cmd") == "ping":
             return {"ok": True, "pid": os.getpid()}
         if request.get("cmd") == "status":
             return {"ok": True, "pid": os.getpid(), "trouble": self._trouble()}
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
+
+    async def _rotate(self, reports: list[ReportConfig]) -> dict[str, Any]:
+        """Close the periods of `reports` after every line written before the request, then
+        return once their reports are queued (or say why one could not be built)."""
+        closing = self.pipeline.close_now(reports)
+        try:
+            while True:
+                next(closing)
+                await asyncio.sleep(0)  # catching up: the other tasks run between pumps
+        except StopIteration as done:
+            closed = done.value
+        except OSError as exc:
+            for report in reports:
+                # A rotation whose intent is durable is finished by the next pump; the
+                # others are kept and done as soon as the state can be written again.
+                if not self.pipeline.rotating(report):
+                    self.pipeline.request_rotation(report.name)
+            self.data.set()  # the tail loop notices the failure too, and retries
+            return {
+                "ok": False,
+                "error": f"cannot rotate now: {exc}; the service rotates as soon as it can "
+                "write again",
+            }
+        ids = [c.outbox_id for c in closed]
+        failed = await self.reporter.wait_reported(ids)
+        if failed:
+            why = "; ".join(f"{i}: {error}" for i, error in failed.items())
+            return {
+                "ok": False,
+                "closed": ids,
+                "error": f"the period is closed, but its report could not be built ({why}); "
+                "the service tries again, and `tailmail status` shows it",
+            }
+        return {"ok": True, "queued": ids}
 
     def _trouble(self) -> list[str]:
         """What is wrong now, in sentences: writes that fail, rotations that wait."""
@@ -355,6 +396,10 @@ class Service:
         trouble.extend(
             f"report {name}: a forced rotation waits until the state can be written"
             for name in self.pipeline.requested
+        )
+        trouble.extend(
+            f"report {i} could not be built ({error}); it is tried again"
+            for i, error in self.reporter.trouble.items()
         )
         return list(dict.fromkeys(trouble))
 
@@ -421,6 +466,23 @@ async def run(config_path: Path, config: Config) -> int:
     await acquire(lock, within=10.0)
     loop = asyncio.get_running_loop()
     current: Service | None = None
+    changed = asyncio.Event()  # a new service began its startup
+
+    async def control(request: dict[str, Any]) -> dict[str, Any]:
+        """Hand a command to the service in force, once it has started (waiting if need be)."""
+        async with asyncio.timeout(CONTROL_WAIT_SECONDS):
+            while current is None or not current.ready.is_set():
+                if current is not None:
+                    ready = asyncio.ensure_future(current.ready.wait())
+                    other = asyncio.ensure_future(changed.wait())
+                    await asyncio.wait([ready, other], return_when=asyncio.FIRST_COMPLETED)
+                    ready.cancel()
+                    other.cancel()
+                else:
+                    await changed.wait()
+            return await current.control(request)
+
+    server = await serve(config.state_dir, control)
 
     def on_stop() -> None:
         if current is not None:
@@ -436,6 +498,8 @@ async def run(config_path: Path, config: Config) -> int:
     try:
         while True:
             current = Service(config, notifier)
+            changed.set()
+            changed.clear()
             await current.run()
             if current.stop.is_set():
                 break
@@ -465,6 +529,8 @@ async def run(config_path: Path, config: Config) -> int:
         log.info("service.stopped")
         return 0
     finally:
+        server.close()
+        (config.state_dir / "control.sock").unlink(missing_ok=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         lock.close()
