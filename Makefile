@@ -19,6 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/ruff format --check agent tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint debian-tools
 	$(BIN)/pytest

@@ -489,6 +489,12 @@ class Sender:
                 # try again later rather than spin or die; the entry is still queued.
                 log.exception("outbox.attempt_failed", id=entry.id)
                 return self.smtp.retry_initial
+            # A stop asked for during the attempt may have been swallowed on the way (3.11's
+            # wait_for drops a cancellation that comes with the answer): honour it here, or the
+            # service's shutdown would wait for this task for ever.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
         waiting = [float(e.meta.get("next_attempt", 0)) for e in self.outbox.entries()]
         if not waiting:
             return None

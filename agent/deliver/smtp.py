@@ -345,6 +345,7 @@ class _Session:
             raise
         except BaseException:
             await self.close(polite=False)
+            _raise_if_cancelled()  # a failure that came with a stop must not hide the stop
             raise
         await self.close(polite=True)
         _raise_if_cancelled()

@@ -234,19 +234,22 @@ class Reporter:
                 waits.append(retry_at - self.clock())
                 continue
             try:
-                await self._report(rotation)
+                retry_in = await self._report(rotation)
             except OSError as exc:
                 # The outbox or the checkpoint cannot be written (disk full): the period stays
                 # closed, and is tried again; the tail loop says the same about its commits.
                 log.error("report.queue_failed", id=rotation.outbox_id, error=str(exc))
-                waits.append(self._backoff(rotation.outbox_id, f"cannot queue it: {exc}"))
+                retry_in = self._backoff(rotation.outbox_id, f"cannot queue it: {exc}")
+            if retry_in is not None:
+                waits.append(retry_in)
         return min(waits) if waits else None
 
-    async def _report(self, rotation: Rotation) -> None:
+    async def _report(self, rotation: Rotation) -> float | None:
+        """Build and queue one report; None, or seconds until its build is tried again."""
         if self.outbox.contains(rotation.outbox_id):
             self.pipeline.reported(rotation.outbox_id)  # queued before a crash or by `rotate`
             self._settled(rotation.outbox_id)
-            return
+            return None
         job = job_for(
             self.config,
             rotation,
@@ -269,11 +272,11 @@ class Reporter:
                 traceback="".join(traceback.format_exception(exc)),
             )
             self.pipeline.report_failed(rotation.outbox_id, _failure(exc))
-            self._backoff(rotation.outbox_id, _failure(exc))
-            return
+            return self._backoff(rotation.outbox_id, _failure(exc))
         queue(self.outbox, self.pipeline, job, message)
         self._settled(rotation.outbox_id)
         self.on_queued()
+        return None
 
     def _backoff(self, outbox_id: str, why: str) -> float:
         delay = min(self._delay.get(outbox_id, RETRY_FIRST / 2) * 2, RETRY_MAX)
