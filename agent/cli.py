@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
 
 from agent import __version__
 from agent.config.load import config_path, load_config
 from agent.config.model import Config
 from agent.config.yamlfile import ProblemsError
 from agent.core.errors import StateDamaged
-from agent.core.text import display_path
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -177,47 +173,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.rules.load import check_rules, load_rules_path
+    from agent.service.check import check
 
     path = config_path(args.config)
-    config = load_config(path)
-    sources = [s.name for s in config.sources]
-    reports = [r.name for r in config.reports]
-    problems = check_rules(config.rules_dir, sources, reports)
-    if problems:
-        raise ProblemsError(problems)
-    rules, _ = load_rules_path(config.rules_dir, sources, reports)
-    for warning in _shared_directories(config):
+    checked = check(path)
+    for warning in checked.warnings:
         print(warning, file=sys.stderr)
+    config = checked.config
     print(
-        f"{path}: OK: {len(sources)} source(s), {len(reports)} report(s), {len(rules)} rule(s) in {config.rules_dir}"
+        f"{path}: OK: {len(config.sources)} source(s), {len(config.reports)} report(s), "
+        f"{checked.rules} rule(s) in {config.rules_dir}"
     )
     return EXIT_OK
-
-
-def _shared_directories(config: Config) -> list[str]:
-    """Warnings for the directories tailmail writes in that other users can write too: there
-    they can plant names. tailmail refuses what it did not make, but it is better not to ask."""
-    from agent.core.fs import writable_by_others
-
-    advice = (
-        "another user could plant files there (tailmail refuses any file it did not make); "
-        "give tailmail a directory of its own: chmod 0750"
-    )
-    found = []
-    why = writable_by_others(config.state_dir)
-    if why:
-        found.append(
-            f"{config.path}:{config.state_dir_line}: warning: state_dir {config.state_dir} {why}; {advice}"
-        )
-    for report in config.reports:
-        why = writable_by_others(report.store.parent)
-        if why:
-            found.append(
-                f"{config.path}:{report.store_line}: warning: the store {report.store} of report "
-                f"{report.name}: its directory {why}; {advice}"
-            )
-    return found
 
 
 # ---- test-email ------------------------------------------------------------------------------
@@ -370,118 +337,11 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    print_status(_config(args), sys.stdout)
+    from agent.service.status import gather, lines
+
+    for line in lines(gather(_config(args))):
+        print(line)
     return EXIT_OK
-
-
-def print_status(config: Config, out: TextIO) -> None:
-    from agent.core.periods import period_from
-    from agent.deliver.outbox import Outbox
-    from agent.pipeline.checkpoint import Checkpoint, load_checkpoint
-    from agent.service.control import StateLock, request
-
-    if not config.state_dir.exists():
-        print(f"state_dir {config.state_dir} does not exist yet: the service has not run", file=out)
-        return
-    lock = StateLock(config.state_dir)
-    try:
-        running = not lock.try_acquire()
-        holder = lock.holder()
-    finally:
-        lock.close()
-    print(f"service: {'running (pid ' + holder + ')' if running else 'not running'}", file=out)
-    if running:
-        try:
-            live = asyncio.run(request(config.state_dir, {"cmd": "status"}, within=5.0))
-        except (OSError, TimeoutError, ValueError):
-            live = {}
-        for trouble in live.get("trouble", []):
-            print(f"  now: {trouble}", file=out)
-    try:
-        checkpoint = load_checkpoint(config.state_dir)
-    except StateDamaged as exc:
-        print(f"state: {exc}", file=out)
-        checkpoint = Checkpoint()
-    if checkpoint.recovered:
-        print(
-            f"state: {checkpoint.recovered}; the service goes back to the previous checkpoint",
-            file=out,
-        )
-    print("sources:", file=out)
-    receipts = next(iter(checkpoint.reports.values())).stats.files if checkpoint.reports else {}
-    for source in config.sources:
-        files = [f for f in checkpoint.files.values() if f.source == source.name]
-        skipped = sum(
-            r.get("skipped", 0) for r in receipts.values() if r.get("source") == source.name
-        )
-        if skipped:
-            print(f"  {source.name}: {skipped} bad line(s) skipped this period", file=out)
-        if not files:
-            print(f"  {source.name}: {source.path}: no file read yet", file=out)
-        for f in files:
-            try:
-                size = os.stat(f.path).st_size
-                behind = f"{max(0, size - f.offset)} bytes behind"
-            except OSError:
-                behind = "file gone"
-            shown = display_path(f.path)
-            print(f"  {source.name}: {shown}: offset {f.offset}, {behind}", file=out)
-    outbox = Outbox(config.state_dir / "outbox", readonly=True)
-    print("reports:", file=out)
-    for report in config.reports:
-        rs = checkpoint.reports.get(report.name)
-        last = outbox.last_delivered(report.name)
-        sent = f"{last.get('period')} at {last.get('at')}" if last else "none yet"
-        if rs is None:
-            print(f"  {report.name}: no period started yet; last report sent: {sent}", file=out)
-            continue
-        period = period_from(
-            datetime.fromisoformat(rs.stats.start), report.rotate_at, report.timezone
-        )
-        start = period.start.astimezone(report.timezone).strftime("%Y-%m-%d %H:%M %Z")
-        end = period.end.astimezone(report.timezone).strftime("%Y-%m-%d %H:%M %Z")
-        print(
-            f"  {report.name}: period {start} .. {end}; {rs.stats.selected} event(s) stored "
-            f"of {rs.stats.read} read, {rs.stats.skipped_total} skipped; last report sent: {sent}",
-            file=out,
-        )
-        for kind, text in _period_problems(rs.stats.problems):
-            print(f"    {kind}: {text}", file=out)
-    counters = outbox.counters()
-    print(
-        "deliveries (recent history): "
-        + ", ".join(f"{name.removeprefix('smtp.')} {n}" for name, n in counters.items()),
-        file=out,
-    )
-    counts = outbox.counts(time.time())
-    damaged = f" ({counts['damaged']} damaged)" if counts.get("damaged") else ""
-    print(
-        f"outbox: {counts.get('queued', 0)} queued, {counts.get('deferred', 0)} deferred, {counts.get('failed', 0)} failed{damaged}",
-        file=out,
-    )
-
-
-_PROBLEM_KINDS = {
-    "source": "problem",
-    "store": "problem",
-    "possible_loss": "possible loss",
-    "notice": "notice",
-}
-SHOW_PROBLEMS = 5
-
-
-def _period_problems(problems: Sequence[dict[str, object]]) -> list[tuple[str, str]]:
-    """The period's problems other than bad lines (those are counted above), as the report will
-    show them: (kind, sentence), each once, the first few."""
-    shown = dict.fromkeys(
-        (_PROBLEM_KINDS[str(p.get("kind"))], str(p.get("text", "")))
-        for p in problems
-        if p.get("kind") in _PROBLEM_KINDS
-    )
-    listed = list(shown)[:SHOW_PROBLEMS]
-    if len(shown) > SHOW_PROBLEMS:
-        listed.append(("and", f"{len(shown) - SHOW_PROBLEMS} more (see the report)"))
-    return listed
 
 
 # ---- report preview --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from agent.core.errors import WriteError
 from agent.deliver.outbox import Outbox, OutboxEntry, Sender
 from agent.pipeline.pipeline import Pipeline
 from agent.rules.load import RuleBook
+from agent.service import status
 from agent.service.control import StateLock, acquire, serve
 from agent.service.log import setup as setup_logging
 from agent.service.notify import Notifier
@@ -351,7 +352,7 @@ class Service:
         if request.get("cmd") == "ping":
             return {"ok": True, "pid": os.getpid()}
         if request.get("cmd") == "status":
-            return {"ok": True, "pid": os.getpid(), "trouble": self._trouble()}
+            return {"ok": True, "snapshot": status.to_builtins(self.snapshot())}
         return {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
 
     async def _rotate(self, reports: list[ReportConfig]) -> dict[str, Any]:
@@ -412,10 +413,19 @@ class Service:
             self._status_at = now
             self.notifier.status(self._status())
 
+    def snapshot(self) -> status.Snapshot:
+        """What `tailmail status` shows, from what the service holds now."""
+        return status.of_service(
+            self.config,
+            self.pipeline.checkpoint,
+            [tailed.state for tailer in self.pipeline.tailers for tailed in tailer.files.values()],
+            self.outbox,
+            self._trouble(),
+            self.pipeline.behind(),
+        )
+
     def _status(self) -> str:
-        behind = self.pipeline.behind()
-        counts = self.outbox.counts(time.time())
-        return f"{behind} bytes behind; outbox {counts.get('queued', 0)} queued, {counts.get('failed', 0)} failed"
+        return status.summary(self.snapshot())
 
     def _log_problems(self, problems: list[Any]) -> None:
         for problem in problems:
