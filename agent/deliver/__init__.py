@@ -2,8 +2,8 @@
 
 `Outbox` (the queue on disk) and `Sender` (when to try, what an outcome does to the queue) know
 no protocol: each message goes through the `Transport` of its kind, whose docstring is the
-contract. `SmtpTransport` sends mail, and `test_email` is the SMTP doctor of
-`tailmail test-email`.
+contract. `SmtpTransport` sends mail, `MemoryTransport` stands in for a server in tests, and
+`test_email` is the SMTP doctor of `tailmail test-email`.
 
 The SMTP names are imported at their first use: aiosmtplib and email are not loaded to start
 the service, only to deliver.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from agent.deliver.memory import MemoryTransport, accept_all
 from agent.deliver.outbox import Outbox, OutboxEntry
 from agent.deliver.sender import Policy, Sender
 from agent.deliver.transport import (
@@ -45,6 +46,7 @@ __all__ = [
     "DeliveryFailure",
     "DeliveryResult",
     "LazyTransport",
+    "MemoryTransport",
     "OnAccepted",
     "Outbox",
     "OutboxEntry",
@@ -59,6 +61,7 @@ __all__ = [
     "SmtpTransport",
     "TransientFailure",
     "Transport",
+    "accept_all",
     "attachment_within",
     "raise_if_cancelled",
     "report_size",
