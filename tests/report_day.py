@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from agent.config.model import Config, ReportConfig, SmtpConfig, SourceConfig
-from agent.deliver.outbox import Outbox
+from agent.deliver import Outbox
 from agent.pipeline.pipeline import Pipeline
 from agent.rules.load import RuleBook
 

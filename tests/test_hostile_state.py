@@ -26,7 +26,7 @@ from hostile_ground import append, event_lines, log_events, need_root
 from rotation_world import make_config, stored_lines
 
 from agent.config.load import load_config
-from agent.deliver.outbox import Outbox
+from agent.deliver import Outbox
 from agent.pipeline.pipeline import Pipeline
 from agent.rules.load import RuleBook
 from agent.tail.eventtime import event_time, time_reader

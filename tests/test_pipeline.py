@@ -12,7 +12,7 @@ import pytest
 from mailview import bodies, parse
 
 from agent.config.model import Config, ReportConfig, SmtpConfig, SourceConfig
-from agent.deliver.outbox import Outbox
+from agent.deliver import Outbox
 from agent.pipeline import pipeline as pipeline_module
 from agent.pipeline.checkpoint import load_checkpoint
 from agent.pipeline.pipeline import Pipeline

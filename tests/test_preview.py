@@ -13,7 +13,7 @@ from mailview import attachments, bodies, cells, follows, parse
 from test_cli import base_config
 
 from agent.config.load import load_config
-from agent.deliver.outbox import Outbox
+from agent.deliver import Outbox
 from agent.pipeline.checkpoint import load_checkpoint
 from agent.pipeline.pipeline import Pipeline
 from agent.rules.load import RuleBook

@@ -170,7 +170,7 @@ def test_next_period_continues_each_file_where_this_receipt_ended(tmp_path: Path
     size = log.stat().st_size
     with log.open("ab") as fh:
         fh.write(orjson.dumps({"ts": "2026-11-20T08:00:00Z", "event": "backup.failed"}) + b"\n")
-    from agent.deliver.outbox import Outbox
+    from agent.deliver import Outbox
     from agent.pipeline.pipeline import Pipeline
     from agent.rules.load import RuleBook
 
