@@ -192,7 +192,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_test_email(args: argparse.Namespace) -> int:
     from agent.config.load import check_address
-    from agent.deliver.smtp import test_email
+    from agent.deliver.doctor import test_email
 
     config = _config(args)
     to = args.to or config.reports[0].to[0]

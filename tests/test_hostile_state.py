@@ -27,7 +27,7 @@ from pipeline_harness import ReportingPipeline
 from rotation_world import make_config, stored_lines
 
 from agent.config.load import load_config
-from agent.deliver.outbox import Outbox
+from agent.deliver import Outbox
 from agent.rules.load import RuleBook
 from agent.tail.eventtime import event_time, time_reader
 

@@ -1,4 +1,5 @@
-"""agent/deliver/smtp.py against real SMTP servers on loopback (tests/smtp_sink.py)."""
+"""agent/deliver/smtp.py (the SMTP transport) and doctor.py (`tailmail test-email`) against real
+SMTP servers on loopback (tests/smtp_sink.py)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,31 @@ import contextlib
 import email
 import email.policy
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 from smtp_sink import Fault, SmtpServer, expired_cert  # fixtures: see conftest.py
 
 from agent.config.model import SmtpConfig
+from agent.core.errors import DeliveryError, TailmailError
 from agent.deliver import (
-    smtp as mail,  # mail.test_email: imported bare, pytest would collect it as a test
+    ConnectionFailure,
+    DeliveryResult,
+    OnAccepted,
+    Outgoing,
+    PermanentFailure,
+    SmtpFailure,
+    SmtpTransport,
+    TransientFailure,
+    attachment_within,
+    doctor,  # doctor.test_email: imported bare, pytest would collect it as a test
+    raise_if_cancelled,
+    report_size,
+    tls_context,
 )
-from agent.deliver.smtp import DeliveryResult, SmtpFailure, deliver, tls_context
 
 StartServer = Callable[..., SmtpServer]
 
@@ -32,6 +46,16 @@ MESSAGE = (
     b".a line that starts with a dot\r\n"
     b"last line\r\n"
 )
+
+
+async def deliver(
+    smtp: SmtpConfig,
+    message: bytes,
+    recipients: Sequence[str],
+    on_accepted: OnAccepted = lambda result: None,
+) -> DeliveryResult:
+    """One send through the transport, as the sender makes it."""
+    return await SmtpTransport(smtp).send(Outgoing("t-1", message, tuple(recipients)), on_accepted)
 
 
 async def fail(smtp: SmtpConfig, recipients: list[str] | None = None) -> SmtpFailure:
@@ -208,21 +232,28 @@ async def test_cancelled_delivery_leaves_nothing_open(silent_port: int) -> None:
 
 @pytest.mark.parametrize("tls", ["starttls", "ssl"])
 async def test_cancelled_goodbye_drops_the_connection_at_once(
-    smtp_server: StartServer, tls: str
+    smtp_server: StartServer, tls: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A sender cancelled after the server took the message (the service stopping) drops the
     TLS connection at once: a polite close would wait for the server's close_notify, and a loop
     that stops meanwhile leaves the socket open."""
     server = smtp_server(tls=tls)
-    session = mail._Session(server.config(), None)
+    loop = asyncio.get_running_loop()
+    connect = loop.create_connection
     sockets = []
 
+    async def create_connection(*args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await connect(*args, **kwargs)
+        sockets.append(transport.get_extra_info("socket"))
+        return transport, protocol
+
+    monkeypatch.setattr(loop, "create_connection", create_connection)
+
     def accepted(result: DeliveryResult) -> None:
-        assert session.client is not None and session.client.transport is not None
-        sockets.append(session.client.transport.get_extra_info("socket"))
+        assert sockets[0].fileno() != -1
         task.cancel()  # lands in the QUIT that follows
 
-    task = asyncio.create_task(session.run(MESSAGE, ["ops@example.com"], accepted))
+    task = asyncio.create_task(deliver(server.config(), MESSAGE, ["ops@example.com"], accepted))
     with pytest.raises(asyncio.CancelledError):
         await task
     for _ in range(3):  # no waiting on the server: a few turns of the loop are enough
@@ -242,7 +273,7 @@ async def test_a_swallowed_cancellation_is_raised_again() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(10)  # as wait_for does when its future is already done
-        mail._raise_if_cancelled()
+        raise_if_cancelled()
         raise AssertionError("carried on after a cancellation")
 
     with pytest.raises(asyncio.CancelledError):
@@ -381,6 +412,40 @@ async def test_answers_to_data(
     assert server.messages == []
 
 
+@pytest.mark.parametrize(
+    ("case", "kind"),
+    [
+        ("refused", ConnectionFailure),
+        ("auth", ConnectionFailure),
+        ("451-mail", TransientFailure),
+        ("450-rcpt", TransientFailure),
+        ("550-rcpt", PermanentFailure),
+        ("554-data", PermanentFailure),
+    ],
+)
+async def test_the_failure_type_says_whether_to_retry(
+    smtp_server: StartServer, closed_port: int, case: str, kind: type[SmtpFailure]
+) -> None:
+    """Every SMTP failure is a DeliveryError, a TailmailError and, by its type, a failure before
+    MAIL (retried), a temporary one (retried) or a permanent one: what the sender goes by."""
+    faults = {
+        "451-mail": Fault("MAIL", "451 4.3.0 try later"),
+        "450-rcpt": Fault("RCPT", "450 4.2.0 mailbox busy"),
+        "550-rcpt": Fault("RCPT", "550 5.1.1 no such user"),
+        "554-data": Fault("DATA", "554 5.6.0 content rejected"),
+    }
+    if case == "auth":
+        server = smtp_server(tls="starttls", auth=("tailmail", PASSWORD))
+        smtp = server.config(password="not it")
+    else:
+        server = smtp_server(faults=[faults[case]] if case in faults else [])
+        smtp = server.config(port=closed_port) if case == "refused" else server.config()
+    failure = await fail(smtp)
+    assert isinstance(failure, kind) and isinstance(failure, DeliveryError | TailmailError)
+    assert failure.transient is (kind is not PermanentFailure)
+    assert isinstance(failure, ConnectionFailure) is (kind is ConnectionFailure)
+
+
 # -- test-email --
 
 
@@ -388,7 +453,7 @@ async def test_test_email_says_every_step(smtp_server: StartServer) -> None:
     """test_email says resolve, connect, TLS certificate, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA."""
     server = smtp_server(tls="starttls", auth=("tailmail", PASSWORD), require_auth=True)
     lines: list[str] = []
-    assert await mail.test_email(server.config(), "ops@example.com", lines.append) is None
+    assert await doctor.test_email(server.config(), "ops@example.com", lines.append) is None
     steps = [line.split(":")[0] for line in lines]
     assert steps == [
         "resolve", "connect", "ehlo", "starttls", "tls", "ehlo", "auth", "auth", "size",
@@ -417,7 +482,7 @@ async def test_test_email_compares_size_with_the_biggest_report(
     lines: list[str] = []
     warnings: list[str] = []
     largest = ("daily", 10 * 1024 * 1024)
-    failure = await mail.test_email(
+    failure = await doctor.test_email(
         server.config(), "ops@example.com", lines.append, largest_attachment=largest,
         warn=warnings.append,
     )  # fmt: skip
@@ -431,9 +496,9 @@ async def test_test_email_compares_size_with_the_biggest_report(
     else:
         assert size.endswith("WARNING too big")
         [warning] = warnings
-        within = mail.attachment_within(limit)
+        within = attachment_within(limit)
         assert f"max_attachment_bytes to {within // 1024}KiB or less" in warning
-        assert mail.report_size(within) <= limit < mail.report_size(within + 3)
+        assert report_size(within) <= limit < report_size(within + 3)
 
 
 async def test_test_email_without_username_says_it_does_not_log_in(
@@ -443,7 +508,7 @@ async def test_test_email_without_username_says_it_does_not_log_in(
     server = smtp_server(tls="starttls", auth=("tailmail", PASSWORD))
     lines: list[str] = []
     smtp = server.config(username=None, password=None)
-    assert await mail.test_email(smtp, "ops@example.com", lines.append) is None
+    assert await doctor.test_email(smtp, "ops@example.com", lines.append) is None
     [auth] = [line for line in lines if line.startswith("auth:")]
     assert auth.startswith("auth: no smtp.username, so no login (the server offers ")
     assert "PLAIN" in auth and "LOGIN" in auth
@@ -463,7 +528,7 @@ async def test_test_email_refuses_a_recipient_with_a_line_break() -> None:
     """A recipient with CR or LF never reaches a header or an SMTP command."""
     smtp = SmtpConfig(host="127.0.0.1", from_addr="a@example.com", port=1, security="none")
     with pytest.raises(ValueError, match="line break"):
-        await mail.test_email(smtp, "ops@example.com\r\nBcc: x@example.com", print)
+        await doctor.test_email(smtp, "ops@example.com\r\nBcc: x@example.com", print)
 
 
 @pytest.mark.parametrize(
@@ -507,7 +572,7 @@ async def test_test_email_names_the_cause(
     server_options, overrides = setups[case]
     server = smtp_server(**server_options)
     lines: list[str] = []
-    failure = await mail.test_email(server.config(**overrides), "ops@example.com", lines.append)
+    failure = await doctor.test_email(server.config(**overrides), "ops@example.com", lines.append)
     assert failure is not None
     assert (failure.step, failure.cause) == (step, cause)
     assert lines[-1].startswith(f"{step}: FAILED ({cause})")

@@ -1,9 +1,11 @@
-"""agent/deliver/outbox.py: the queue on disk and the sender, against real SMTP servers on loopback."""
+"""agent/deliver/outbox.py and sender.py: the queue on disk, and the sender driving the SMTP
+transport against real SMTP servers on loopback (the sender alone: test_sender.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +17,7 @@ import trustme
 from smtp_sink import Fault, SmtpServer, eventually, expired_cert  # fixtures: see conftest.py
 
 from agent.config.model import SmtpConfig
-from agent.deliver.outbox import Outbox, OutboxEntry, Sender
+from agent.deliver import Outbox, OutboxEntry, Policy, Sender, SmtpTransport
 
 StartServer = Callable[..., SmtpServer]
 
@@ -51,6 +53,18 @@ def meta(
     }
 
 
+def smtp_sender(
+    outbox: Outbox,
+    smtp: SmtpConfig,
+    on_delivered: Callable[[OutboxEntry], None],
+    clock: Callable[[], float] = time.time,
+) -> Sender:
+    """A sender of mail through `smtp`, as the service makes it."""
+    return Sender(
+        outbox, {"mail": SmtpTransport(smtp)}, on_delivered, policy=Policy.of(smtp), clock=clock
+    )
+
+
 class Harness:
     """An outbox, a sender on a fake clock, and what on_delivered was given."""
 
@@ -60,7 +74,7 @@ class Harness:
         self.delivered: list[OutboxEntry] = []
         self.unsent_when_delivered: list[set[str]] = []
         self.delivered_event = asyncio.Event()
-        self.sender = Sender(self.outbox, smtp, self._on_delivered, clock=self.clock)
+        self.sender = smtp_sender(self.outbox, smtp, self._on_delivered, clock=self.clock)
 
     def _on_delivered(self, entry: OutboxEntry) -> None:
         self.delivered.append(entry)
@@ -229,7 +243,7 @@ async def test_run_delivers_after_wake(smtp_server: StartServer, make: Any) -> N
 async def test_run_is_idle_until_woken_and_cancellable(tmp_path: Path, closed_port: int) -> None:
     """With nothing queued, run() waits without attempting anything and stops on cancel."""
     outbox = Outbox(tmp_path)
-    sender = Sender(outbox, unreachable(closed_port), lambda e: None)
+    sender = smtp_sender(outbox, unreachable(closed_port), lambda e: None)
     task = asyncio.create_task(sender.run())
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(asyncio.shield(task), 0.2)
@@ -506,7 +520,7 @@ async def test_max_per_hour_holds_back_without_dropping(
     assert [e["event"] for e in logs] == ["smtp.delivered", "smtp.rate_limited"]
     assert [e.id for e in h.outbox.entries()] == ["second"]
 
-    restarted = Sender(h.outbox, smtp, h._on_delivered, clock=h.clock)
+    restarted = smtp_sender(h.outbox, smtp, h._on_delivered, clock=h.clock)
     assert await restarted.deliver_due() == pytest.approx(1800.0)
     assert len(server.messages) == 1
     h.clock.advance(1800)
@@ -526,7 +540,7 @@ async def test_on_delivered_failure_is_retried_at_start(
         calls.append(entry.id)
         raise OSError("disk full")
 
-    sender = Sender(h.outbox, server.config(), broken, clock=h.clock)
+    sender = smtp_sender(h.outbox, server.config(), broken, clock=h.clock)
     id = h.put()
     await sender.deliver_due()
     assert calls == [id] and h.outbox.entries() == []
@@ -587,7 +601,7 @@ async def test_outbox_write_failure_does_not_stop_the_sender(
 
     monkeypatch.setattr(h.outbox, "update", disk_full)
     with structlog.testing.capture_logs() as logs:
-        assert await h.sender.deliver_due() == h.sender.smtp.retry_initial
+        assert await h.sender.deliver_due() == h.sender.policy.retry_initial
     assert "outbox.attempt_failed" in [e["event"] for e in logs]
     monkeypatch.undo()
     assert [e.id for e in h.outbox.entries()] == [id]
@@ -608,7 +622,7 @@ async def test_counters_count_each_delivery_event_kind(
     down = SmtpConfig(
         host="127.0.0.1", from_addr="t@example.com", port=closed_port, security="none", timeout=5
     )
-    sender = Sender(outbox, down, lambda entry: None)
+    sender = smtp_sender(outbox, down, lambda entry: None)
     await sender.attempt(outbox.entries()[0])
     server = smtp_server(faults=[Fault("RCPT", "550 5.1.1 no such user")])
     outbox.put(
@@ -616,7 +630,7 @@ async def test_counters_count_each_delivery_event_kind(
         b"Subject: y\r\n\r\nbody\r\n",
         {"report": "daily", "period": "2026-11-21", "recipients": ["b@example.com"]},
     )
-    sender = Sender(outbox, server.config(), lambda entry: None)
+    sender = smtp_sender(outbox, server.config(), lambda entry: None)
     await sender.attempt(next(e for e in outbox.entries() if e.id == "r-2"))
     counters = outbox.counters()
     assert counters["smtp.connection_failed"] == 1

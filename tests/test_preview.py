@@ -14,7 +14,7 @@ from pipeline_harness import ReportingPipeline
 from test_cli import base_config
 
 from agent.config.load import load_config
-from agent.deliver.outbox import Outbox
+from agent.deliver import Outbox
 from agent.pipeline.checkpoint import load_checkpoint
 from agent.rules.load import RuleBook
 

@@ -1,4 +1,5 @@
-"""The outbox: reports queued on disk until a server has taken them, and the task that sends.
+"""The outbox: messages queued on disk until a server has taken them. It knows nothing of how
+they travel: the Sender (`sender.py`) takes them out and hands them to a transport.
 
 Layout of `state_dir/outbox`:
 
@@ -8,19 +9,15 @@ Layout of `state_dir/outbox`:
     _delivered.json          ids delivered lately, so the same report is never queued twice
     _sent.json               send times of the last hour, so a restart keeps the hourly budget
 
-Every file is written whole (temp file, fsync, rename, fsync of the directory), so `kill -9` at
-any instant leaves a queued message either absent or complete; `Sender.run` tidies what an
-interrupted step left behind before it sends anything.
+An entry's meta names its `kind` ("mail" when absent), which chooses the transport.
 
-Delivery is at least once: a crash after the server accepted DATA and before the outbox recorded
-it sends the message again on restart. SMTP offers nothing better; the other way round would
-lose reports. The window is kept small: the outcome is recorded as soon as the 250 to DATA is
-read, before QUIT. A resend is recognisable by its Message-ID, the same in every attempt.
+Every file is written whole (temp file, fsync, rename, fsync of the directory), so `kill -9` at
+any instant leaves a queued message either absent or complete; `recover()`, which the Sender
+runs before it sends anything, tidies what an interrupted step left behind.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -29,17 +26,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NotRequired, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 import msgspec
 import orjson
 import structlog
 
-from agent.config.model import SmtpConfig
 from agent.core.fs import fsync_dir, make_dirs, open_append, write_all, write_atomic
-
-if TYPE_CHECKING:
-    from agent.deliver.smtp import DeliveryResult, SmtpFailure
 
 log = structlog.get_logger("tailmail.mail")
 
@@ -51,7 +44,6 @@ DELIVERED_KEEP = 1000  # ids remembered after delivery: years of daily reports
 HISTORY_MAX_BYTES = 1024 * 1024  # then the oldest events are dropped...
 HISTORY_KEEP = 2000  # ...down to this many
 HOUR = 3600.0
-MAX_SLEEP = 600.0  # re-check the clock at least this often while something waits (clock jumps)
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 DAMAGED_SUFFIX = ".damaged"  # failed/<id>.json.damaged: a damaged entry's meta as it was found
@@ -62,6 +54,7 @@ class _MetaDoc(TypedDict):
     (keys this version does not know are kept)."""
 
     recipients: list[str]
+    kind: NotRequired[str]
     queued_at: NotRequired[float]
     attempts: NotRequired[Annotated[int, msgspec.Meta(ge=0)]]
     next_attempt: NotRequired[float]
@@ -191,7 +184,11 @@ class Outbox:
         return events
 
     def counters(self) -> dict[str, int]:
-        """How many of each delivery event the history holds, by their log event names."""
+        """How many of each delivery event the history holds, by their log event names.
+
+        Mail is the one channel there is, and history events name none: every event counts
+        under `smtp.`. Webhooks will need their channel recorded in each event first.
+        """
         names = {"delivered": "smtp.delivered", "failed": "smtp.final_delivery_failed"}
         counts = dict.fromkeys(
             [
@@ -424,322 +421,3 @@ def check_id(id: str) -> None:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class Sender:
-    """Delivers due entries, one at a time; sleeps until wake() or the next due time."""
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        smtp: SmtpConfig,
-        on_delivered: Callable[[OutboxEntry], None],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.outbox = outbox
-        self.smtp = smtp
-        self.on_delivered = on_delivered
-        self.clock = clock
-        self._wakeup = asyncio.Event()
-        self._held_logged = False
-
-    def wake(self) -> None:
-        """Something was queued, or `smtp` was replaced by a reloaded config: look now.
-
-        Call it from the event loop's thread (from elsewhere: loop.call_soon_threadsafe). Entries
-        put by another process are noticed only when woken or when something else falls due.
-        """
-        self._wakeup.set()
-
-    async def run(self) -> None:
-        for entry in self.outbox.recover():
-            self._finish_delivered(entry)
-        while True:
-            self._wakeup.clear()
-            delay = await self.deliver_due()
-            if delay is None:
-                await self._wakeup.wait()
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(delay, MAX_SLEEP)):
-                    await self._wakeup.wait()
-
-    async def deliver_due(self) -> float | None:
-        """Try every due entry once; return seconds until the next one is due (None: none)."""
-        for entry in self.outbox.entries():
-            if entry.meta.get("next_attempt", 0) > self.clock():
-                continue
-            held = self._budget_wait(self.clock())
-            if held > 0:
-                if not self._held_logged:
-                    log.warning(
-                        "smtp.rate_limited",
-                        max_per_hour=self.smtp.max_per_hour,
-                        retry_in=round(held),
-                        report=entry.meta.get("report"),
-                        period=entry.meta.get("period"),
-                    )
-                    self._held_logged = True
-                return held
-            self._held_logged = False
-            try:
-                await self.attempt(entry)
-            except Exception:
-                # The outbox itself failed (disk full, permissions): keep the service alive and
-                # try again later rather than spin or die; the entry is still queued.
-                log.exception("outbox.attempt_failed", id=entry.id)
-                return self.smtp.retry_initial
-            # A stop asked for during the attempt may have been swallowed on the way (3.11's
-            # wait_for drops a cancellation that comes with the answer): honour it here, or the
-            # service's shutdown would wait for this task for ever.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
-        waiting = [float(e.meta.get("next_attempt", 0)) for e in self.outbox.entries()]
-        if not waiting:
-            return None
-        return max(0.0, min(waiting) - self.clock())
-
-    def _budget_wait(self, now: float) -> float:
-        """Seconds until max_per_hour allows one more send."""
-        sent = self.outbox.sent_times(now)
-        if len(sent) < self.smtp.max_per_hour:
-            return 0.0
-        return max(0.0, sent[-self.smtp.max_per_hour] + HOUR - now)
-
-    async def attempt(self, entry: OutboxEntry) -> None:
-        """One delivery attempt of `entry` to its pending recipients."""
-        settled = False
-
-        def accepted(result: DeliveryResult) -> None:
-            # Recorded the moment the server has the message, before QUIT: a crash or a stop
-            # while a slow server says goodbye must not send the report again.
-            nonlocal settled
-            settled = True
-            self._settle(entry, None, result)
-
-        failure, result = await self._send(entry, entry.pending, accepted)
-        if not settled:
-            self._settle(entry, failure, result)
-
-    def _settle(
-        self, entry: OutboxEntry, failure: SmtpFailure | None, result: DeliveryResult | None
-    ) -> None:
-        """Record the outcome of an attempt. Synchronous on purpose: it happens whole, or (if
-        the process is killed) not at all."""
-        pending = entry.pending
-        attempt = int(entry.meta.get("attempts", 0)) + 1
-        now = self.clock()
-        meta = dict(entry.meta)
-        fields = self._fields(entry, attempt)
-        delivered_to: list[str] = list(meta.get("delivered_to", []))
-        accepted = list(result.accepted) if result is not None and failure is None else []
-        # Recipients that failed for good in this attempt: recipient -> (code, text, step, cause)
-        final: dict[str, tuple[int | None, str, str, str]] = {}
-        if result is not None:
-            for r, (code, text) in result.rejected.items():
-                final[r] = (code, text, "rcpt", "recipient_rejected")
-        if failure is not None:
-            meta["last_error"] = failure.as_dict()
-            if not failure.transient:
-                for r in pending:
-                    final.setdefault(r, (failure.code, failure.text, failure.step, failure.cause))
-        elif result is not None:
-            self.outbox.record_send(now)
-            delivered_to += [r for r in accepted if r not in delivered_to]
-            code, text = result.reply or (250, "")
-            log.info("smtp.delivered", **fields, recipients=accepted, code=code, text=text)
-            if result.deferred:
-                code, text = next(iter(result.deferred.values()))
-                meta["last_error"] = {
-                    "step": "rcpt", "cause": "temporary", "code": code, "text": text,
-                }  # fmt: skip
-        still = [r for r in pending if r not in accepted and r not in final]
-        deadline = float(meta.get("queued_at", now)) + self.smtp.retry_for
-        if still and now >= deadline:
-            error = meta.get("last_error") or {}
-            for r in still:
-                final[r] = (
-                    error.get("code"),
-                    f"retry_for ran out; last answer: {error.get('text')}",
-                    str(error.get("step")),
-                    str(error.get("cause")),
-                )
-            meta["expired"] = True
-            still = []
-        rejected = dict(meta.get("rejected", {}))
-        rejected.update({r: [code, text] for r, (code, text, _, _) in final.items()})
-        meta.update(attempts=attempt, delivered_to=delivered_to, rejected=rejected)
-        entry = OutboxEntry(entry.id, entry.path, meta)
-        self._log_final(fields, final, expired=bool(meta.get("expired")))
-
-        if still:
-            self._defer(entry, attempt, still, now, deadline, transport=failure is not None)
-        else:
-            self._complete(entry, attempt, now)
-
-    async def _send(
-        self,
-        entry: OutboxEntry,
-        pending: list[str],
-        on_accepted: Callable[[DeliveryResult], None],
-    ) -> tuple[SmtpFailure | None, DeliveryResult | None]:
-        # Imported at the first delivery: aiosmtplib, ssl and email are not needed to start.
-        from agent.deliver.smtp import SmtpFailure, deliver
-
-        if not pending:  # everything was settled before a crash: only completion is left
-            return None, None
-        try:
-            message = entry.path.read_bytes()
-        except OSError as exc:
-            return SmtpFailure("queue", "local", f"cannot read {entry.path}: {exc}"), None
-        try:
-            return None, await deliver(self.smtp, message, pending, on_accepted=on_accepted)
-        except SmtpFailure as exc:
-            return exc, exc.result
-
-    def _defer(
-        self,
-        entry: OutboxEntry,
-        attempt: int,
-        still: list[str],
-        now: float,
-        deadline: float,
-        transport: bool,
-    ) -> None:
-        """Schedule the next attempt: retry_initial, doubling up to retry_max; the last one
-        exactly when retry_for runs out."""
-        # The exponent is capped: past 2**1023 the product no longer fits a float (OverflowError),
-        # which a small retry_max against a long retry_for reaches after 1,024 attempts.
-        delay = min(self.smtp.retry_initial * 2 ** min(attempt - 1, 64), self.smtp.retry_max)
-        entry.meta["next_attempt"] = min(now + delay, deadline)
-        error = entry.meta.get("last_error") or {}
-        session = error.get("step") not in ("mail", "rcpt", "data", "queue")
-        kind = "smtp.connection_failed" if transport and session else "smtp.delivery_failed"
-        log.warning(
-            kind,
-            **self._fields(entry, attempt),
-            step=error.get("step"),
-            cause=error.get("cause"),
-            code=error.get("code"),
-            text=error.get("text"),
-            recipients=still,
-            retry_at=_iso(entry.meta["next_attempt"]),
-        )
-        self.outbox.update(entry, entry.meta)
-        tries = f"{attempt} attempt{'s' if attempt != 1 else ''}"
-        text = (
-            f"not yet delivered to {', '.join(still)} after {tries}, retried until "
-            f"{_iso(deadline)}; last answer: {_answer(error)}"
-        )
-        event = self._event("deferred", entry, attempt, still, error, text)
-        event["log"] = kind  # which counter it adds to (see Outbox.counters)
-        self.outbox.record(event)
-
-    def _complete(self, entry: OutboxEntry, attempt: int, now: float) -> None:
-        """No recipient is pending: delivered (to some or all), or failed."""
-        meta = entry.meta
-        delivered_to = meta["delivered_to"]
-        failed = [r for r in meta["recipients"] if r not in delivered_to]
-        rejected = {r: meta["rejected"][r] for r in failed if r in meta["rejected"]}
-        if meta.get("expired"):
-            why = f"retry_for ran out after {attempt} attempts; last answer: {_answer(meta.get('last_error'))}"
-        else:
-            answers = {r: " ".join(str(x) for x in a if x) for r, a in rejected.items()}
-            if len(answers) == 1 and list(answers) == failed:
-                said = next(iter(answers.values()))
-            else:
-                said = "; ".join(f"{r}: {a}" for r, a in answers.items())
-            why = f"refused for good: {said or _answer(meta.get('last_error'))}"
-        text = f"not delivered to {', '.join(failed)}: {why}; kept in the outbox's failed folder"
-        failed_event = self._event("failed", entry, attempt, failed, meta.get("last_error"), text)
-        failed_event["rejected"] = rejected
-        if failed:
-            meta["failed_at"] = now
-        if not delivered_to:
-            # Recorded first: a crash in between may repeat the event, never lose it.
-            self.outbox.record(failed_event)
-            self.outbox.move_to_failed(entry, meta)
-            return
-        if failed:
-            # Who did not get it keeps a copy in failed/ (and retention keeps its file).
-            self.outbox.copy_to_failed(entry, {**meta, "recipients": failed})
-        events = [self._event("delivered", entry, attempt, delivered_to, None)]
-        if failed:
-            # After the delivered event, so the next report still shows this as a problem.
-            events.append(failed_event)
-        self.outbox.update(entry, meta)
-        self.outbox.mark_delivered(entry, events)
-        self._finish_delivered(entry)
-
-    def _log_final(
-        self,
-        fields: dict[str, Any],
-        final: dict[str, tuple[int | None, str, str, str]],
-        expired: bool,
-    ) -> None:
-        """One smtp.final_delivery_failed per distinct answer, naming its recipients."""
-        groups: dict[tuple[int | None, str, str, str], list[str]] = {}
-        for recipient, answer in final.items():
-            groups.setdefault(answer, []).append(recipient)
-        for (code, text, step, cause), recipients in groups.items():
-            log.error(
-                "smtp.final_delivery_failed",
-                **fields,
-                step=step,
-                cause=cause,
-                code=code,
-                text=text,
-                recipients=recipients,
-                expired=expired,
-            )
-
-    def _finish_delivered(self, entry: OutboxEntry) -> None:
-        try:
-            self.on_delivered(entry)
-        except Exception:
-            # Kept (and marked delivered): the next start calls on_delivered again.
-            log.exception("outbox.on_delivered_failed", id=entry.id)
-            return
-        self.outbox.remove(entry)
-
-    def _fields(self, entry: OutboxEntry, attempt: int) -> dict[str, Any]:
-        return {
-            "host": self.smtp.host,
-            "port": self.smtp.port,
-            "attempt": attempt,
-            "id": entry.id,
-            "report": entry.meta.get("report"),
-            "period": entry.meta.get("period"),
-        }
-
-    def _event(
-        self,
-        kind: str,
-        entry: OutboxEntry,
-        attempt: int,
-        recipients: list[str],
-        error: dict[str, Any] | None,
-        text: str | None = None,
-    ) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "event": kind,
-            "id": entry.id,
-            "report": entry.meta.get("report"),
-            "period": entry.meta.get("period"),
-            "attempt": attempt,
-            "recipients": recipients,
-        }
-        if error:
-            event["error"] = error
-        if text:
-            event["text"] = text  # one sentence, for the problems list of the next report
-        return event
-
-
-def _answer(error: dict[str, Any] | None) -> str:
-    """`step: code text`, from an SmtpFailure.as_dict()."""
-    if not error:
-        return "no answer recorded"
-    code = f"{error['code']} " if error.get("code") is not None else ""
-    return f"{error.get('step')}: {code}{error.get('text')}"

@@ -1,9 +1,9 @@
-"""Sending one message over SMTP, and saying exactly why it did not go.
+"""The SMTP transport (aiosmtplib): sending one message, and saying exactly why it did not go.
 
 Every way a delivery can fail becomes one `SmtpFailure` naming the step (resolve, connect, tls,
-ehlo, starttls, auth, mail, rcpt, data), a cause an operator can act on, the server's answer and
-whether retrying later can help. `deliver` is what the outbox's sender calls; `test_email` runs
-the same steps for `tailmail test-email`, saying each one as it goes.
+ehlo, starttls, auth, mail, rcpt, data), a cause an operator can act on, the server's answer and,
+by its type, whether retrying later can help. `SmtpTransport` is what the Sender drives;
+`SmtpSession` is one conversation, which the doctor (`doctor.py`) also runs, hearing each step.
 
 Security is never opportunistic: `starttls` fails when the server does not offer STARTTLS, before
 any AUTH or MAIL, and certificates are verified unless the operator turned that off.
@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.policy
 import email.utils
 import errno
 import re
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from email.message import EmailMessage
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import aiosmtplib
 from aiosmtplib import (
@@ -37,25 +34,65 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
-from agent import __version__
-from agent.config.load import has_header_breaks
 from agent.config.model import SmtpConfig
-
-Say = Callable[[str], None]
+from agent.deliver.transport import (
+    ConnectionFailure,
+    DeliveryFailure,
+    DeliveryResult,
+    OnAccepted,
+    Outgoing,
+    PermanentFailure,
+    TransientFailure,
+    raise_if_cancelled,
+)
 
 # Steps before MAIL concern the path to the server or our own configuration, not the message:
 # like Postfix (smtp_sasl_auth_soft_bounce, TLS policy failures), the message is deferred and
 # retried, so that fixing the configuration is enough to get it delivered.
 _SESSION_STEPS = frozenset({"resolve", "connect", "tls", "ehlo", "starttls", "auth"})
 
-# OpenSSL X509_V_ERR_* codes, as carried by ssl.SSLCertVerificationError.verify_code.
-_UNTRUSTED = frozenset({2, 18, 19, 20, 21, 27})
-_EXPIRED = frozenset({9, 10})  # not yet valid, expired
-_HOSTNAME = frozenset({62, 63, 64})  # host name, email, IP address mismatch
+# OpenSSL X509_V_ERR_* codes, as carried by ssl.SSLCertVerificationError.verify_code; any other
+# verification error is tls_other.
+_CERTIFICATE_CAUSES = {
+    2: "tls_untrusted",  # unable to get issuer certificate
+    18: "tls_untrusted",  # self-signed certificate
+    19: "tls_untrusted",  # self-signed certificate in chain
+    20: "tls_untrusted",  # unable to get local issuer certificate
+    21: "tls_untrusted",  # unable to verify the first certificate
+    27: "tls_untrusted",  # certificate not trusted
+    9: "tls_expired",  # not yet valid
+    10: "tls_expired",  # expired
+    62: "tls_hostname",  # host name mismatch
+    63: "tls_hostname",  # email address mismatch
+    64: "tls_hostname",  # IP address mismatch
+}
+
+# What to do, per cause: one sentence each. {where} is "HOST port PORT" (or "the SMTP server"),
+# {answer} the server's code and text, {text} the text alone.
+_ADVICE = {
+    "dns": "The name {host_or_key} could not be resolved ({text}): check smtp.host for typos and that this machine's DNS works (getent hosts {host}).",
+    "refused": "Nothing accepts connections on {where}: check smtp.port (587 for starttls, 465 for ssl, 25 for none) and that the server is running and reachable through the firewall.",
+    "unreachable": "{where} cannot be reached ({text}): check this machine's network, routing and firewall.",
+    "timeout": "{where} did not answer in time: a firewall may be dropping the connection, or the port expects other security (ssl on 465, starttls on 587); check smtp.port and smtp.security, or raise smtp.timeout.",
+    "disconnected": "{where} closed the connection unexpectedly ({text}): it may be overloaded or limiting clients; reports are kept and retried.",
+    "tls_untrusted": "The certificate of {where} is not signed by a trusted authority ({text}): put its CA certificate (PEM) in a file and set smtp.ca_file to it; verify_tls: false is a last resort.",
+    "tls_hostname": "The certificate of {where} is not valid for the name tailmail connects to ({text}): set smtp.host to a name the certificate lists.",
+    "tls_expired": "The certificate of {where} is outside its validity period ({text}): the server's administrator must renew it; also check this machine's clock.",
+    "tls_other": "TLS with {where} failed ({answer}): check that smtp.security matches the port (ssl for 465, starttls for 587).",
+    "starttls_missing": "{where} does not offer STARTTLS, so the connection cannot be encrypted: use security: ssl if the port expects TLS at once (465), or the server's submission port (587); tailmail sends in the clear only with security: none.",
+    "auth_rejected": "{where} rejected the login ({answer}): check smtp.username and smtp.password (or password_file).",
+    "auth_required": "{where} requires a login before it takes mail ({answer}): set smtp.username and smtp.password (or password_file).",
+    "auth_unavailable": "No authentication is possible with {where} ({text}): use security starttls or ssl, or remove smtp.username if the server needs no login.",
+    "sender_rejected": "{where} refused the sender ({answer}): set smtp.from to an address this account may send as.",
+    "recipient_rejected": "{where} refused the recipient ({answer}): check the report's to and cc addresses.",
+    "temporary": "{where} reported a temporary problem ({answer}): nothing needs changing here, reports are kept and retried; if it persists, ask the server's administrator.",
+    "permanent": "{where} refused the message permanently ({answer}): check its size and the server's policy with the mail administrator.",
+}
+_ADVICE_OTHERWISE = "{where} answered unexpectedly at {step} ({answer}): check that smtp.host and smtp.port point to an SMTP server."
 
 
-class SmtpFailure(Exception):
-    """Nothing could be delivered in this attempt; says where, why, and whether to retry."""
+class SmtpFailure(DeliveryFailure):
+    """An SMTP delivery failed; `advice()` says what the operator can do about it."""
 
     def __init__(
         self,
@@ -64,79 +101,58 @@ class SmtpFailure(Exception):
         text: str,
         *,
         code: int | None = None,
-        transient: bool = True,
         host: str = "",
         port: int = 0,
         result: DeliveryResult | None = None,
     ) -> None:
-        super().__init__(step, cause, code, text)
-        self.step = step
-        self.cause = cause
-        self.code = code
-        self.text = text
-        self.transient = transient
+        super().__init__(step, cause, text, code=code, result=result)
         self.host = host
         self.port = port
-        # Set when the failure came after RCPT: which recipients were refused, and how.
-        self.result = result
-
-    def __str__(self) -> str:
-        code = f"{self.code} " if self.code is not None else ""
-        return f"{self.step}: {self.cause}: {code}{self.text}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "cause": self.cause, "code": self.code, "text": self.text}
 
     def advice(self) -> str:
         """One sentence: what went wrong and what to do next."""
-        where = f"{self.host} port {self.port}" if self.host else "the SMTP server"
-        answer = f"{self.code} {self.text}" if self.code is not None else self.text
-        match self.cause:
-            case "dns":
-                return f"The name {self.host or 'smtp.host'} could not be resolved ({self.text}): check smtp.host for typos and that this machine's DNS works (getent hosts {self.host})."
-            case "refused":
-                return f"Nothing accepts connections on {where}: check smtp.port (587 for starttls, 465 for ssl, 25 for none) and that the server is running and reachable through the firewall."
-            case "unreachable":
-                return f"{where} cannot be reached ({self.text}): check this machine's network, routing and firewall."
-            case "timeout":
-                return f"{where} did not answer in time: a firewall may be dropping the connection, or the port expects other security (ssl on 465, starttls on 587); check smtp.port and smtp.security, or raise smtp.timeout."
-            case "disconnected":
-                return f"{where} closed the connection unexpectedly ({self.text}): it may be overloaded or limiting clients; reports are kept and retried."
-            case "tls_untrusted":
-                return f"The certificate of {where} is not signed by a trusted authority ({self.text}): put its CA certificate (PEM) in a file and set smtp.ca_file to it; verify_tls: false is a last resort."
-            case "tls_hostname":
-                return f"The certificate of {where} is not valid for the name tailmail connects to ({self.text}): set smtp.host to a name the certificate lists."
-            case "tls_expired":
-                return f"The certificate of {where} is outside its validity period ({self.text}): the server's administrator must renew it; also check this machine's clock."
-            case "tls_other":
-                return f"TLS with {where} failed ({answer}): check that smtp.security matches the port (ssl for 465, starttls for 587)."
-            case "starttls_missing":
-                return f"{where} does not offer STARTTLS, so the connection cannot be encrypted: use security: ssl if the port expects TLS at once (465), or the server's submission port (587); tailmail sends in the clear only with security: none."
-            case "auth_rejected":
-                return f"{where} rejected the login ({answer}): check smtp.username and smtp.password (or password_file)."
-            case "auth_required":
-                return f"{where} requires a login before it takes mail ({answer}): set smtp.username and smtp.password (or password_file)."
-            case "auth_unavailable":
-                return f"No authentication is possible with {where} ({self.text}): use security starttls or ssl, or remove smtp.username if the server needs no login."
-            case "sender_rejected":
-                return f"{where} refused the sender ({answer}): set smtp.from to an address this account may send as."
-            case "recipient_rejected":
-                return f"{where} refused the recipient ({answer}): check the report's to and cc addresses."
-            case "temporary":
-                return f"{where} reported a temporary problem ({answer}): nothing needs changing here, reports are kept and retried; if it persists, ask the server's administrator."
-            case "permanent":
-                return f"{where} refused the message permanently ({answer}): check its size and the server's policy with the mail administrator."
-            case _:
-                return f"{where} answered unexpectedly at {self.step} ({answer}): check that smtp.host and smtp.port point to an SMTP server."
+        template = _ADVICE.get(self.cause, _ADVICE_OTHERWISE)
+        return template.format(
+            where=f"{self.host} port {self.port}" if self.host else "the SMTP server",
+            answer=f"{self.code} {self.text}" if self.code is not None else self.text,
+            text=self.text,
+            step=self.step,
+            host=self.host,
+            host_or_key=self.host or "smtp.host",
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class DeliveryResult:
-    accepted: tuple[str, ...]
-    rejected: dict[str, tuple[int, str]] = field(default_factory=dict)  # permanent
-    deferred: dict[str, tuple[int, str]] = field(default_factory=dict)  # transient
-    # The server's answer to the message, e.g. (250, "2.0.0 Ok: queued as 4XyZ1"), for the log.
-    reply: tuple[int, str] | None = field(default=None, compare=False)
+class SmtpTransientFailure(SmtpFailure, TransientFailure):
+    """The server answered 4xx, timed out or went away: retried later."""
+
+
+class SmtpConnectionFailure(SmtpFailure, ConnectionFailure):
+    """Resolving, connecting, TLS, EHLO or login failed, before any MAIL: retried later."""
+
+
+class SmtpPermanentFailure(SmtpFailure, PermanentFailure):
+    """The server refused for good (5xx after MAIL), or the message cannot be sent as it is."""
+
+
+def _failure(
+    step: str,
+    cause: str,
+    text: str,
+    *,
+    code: int | None = None,
+    transient: bool | None = None,
+    host: str = "",
+    port: int = 0,
+    result: DeliveryResult | None = None,
+) -> SmtpFailure:
+    """The failure of its kind. Unless `transient` says otherwise, the steps before MAIL and
+    4xx answers are transient, any other answer permanent."""
+    if transient is None:
+        transient = step in _SESSION_STEPS or code is None or 400 <= code < 500
+    kind: type[SmtpFailure] = SmtpPermanentFailure
+    if transient:
+        kind = SmtpConnectionFailure if step in _SESSION_STEPS else SmtpTransientFailure
+    return kind(step, cause, text, code=code, host=host, port=port, result=result)
 
 
 def tls_context(smtp: SmtpConfig) -> ssl.SSLContext:
@@ -162,99 +178,54 @@ def envelope_address(addr: str) -> str:
     return email.utils.parseaddr(addr)[1] or addr.strip()
 
 
-async def deliver(
-    smtp: SmtpConfig,
-    message: bytes,
-    recipients: Sequence[str],
-    *,
-    on_accepted: Callable[[DeliveryResult], None] | None = None,
-) -> DeliveryResult:
-    """Send `message` (CRLF bytes, as-is) to `recipients`, one RCPT each.
+class SmtpTransport:
+    """Mail through the configured server: one session per message, one RCPT per recipient."""
 
-    Returns who accepted it, and who refused it permanently or for now, once the server has
-    accepted the DATA. Raises SmtpFailure when nothing could be delivered.
+    name = "smtp"
 
-    `on_accepted` is called with the same result the moment the server accepts the DATA, before
-    QUIT: a caller cancelled during the goodbye still knows the message went.
-    """
-    if not recipients:
-        raise ValueError("deliver needs at least one recipient")
-    session = _Session(smtp, None)
-    return await session.run(message, list(dict.fromkeys(recipients)), on_accepted)
+    def __init__(self, smtp: SmtpConfig) -> None:
+        self.smtp = smtp
+        self.where = {"host": smtp.host, "port": smtp.port}
+
+    async def send(self, message: Outgoing, on_accepted: OnAccepted) -> DeliveryResult:
+        """Send the content (CRLF bytes, as-is); see `Transport` for the contract. Raises an
+        `SmtpFailure` when nobody got it."""
+        session = SmtpSession(self.smtp)
+        return await session.run(
+            message.content, list(dict.fromkeys(message.recipients)), on_accepted
+        )
 
 
-async def test_email(
-    smtp: SmtpConfig,
-    to: str,
-    say: Say,
-    *,
-    largest_attachment: tuple[str, int] | None = None,
-    warn: Say | None = None,
-) -> SmtpFailure | None:
-    """Send a short test message to `to`, saying each step as `step: what happened`; return
-    the failure, or None. A failed step is said as `step: FAILED (cause): answer`; the caller
-    prints `failure.advice()` and chooses the exit code.
+class Listener:
+    """Hears a conversation step by step; the transport's sessions have none, the doctor's
+    (`doctor.py`) says each step. Lines are given with every secret already scrubbed."""
 
-    `largest_attachment` is (report name, max_attachment_bytes) of the report that may send the
-    biggest file: the server's SIZE limit is compared with the message it makes. A problem that
-    does not stop the test message (a SIZE limit too small for reports) is said as a step and
-    given to `warn` as one sentence.
-    """
-    if has_header_breaks(to):
-        raise ValueError("the recipient contains a line break or NUL")
-    session = _Session(smtp, say, largest_attachment, warn)
-    try:
-        await session.run(_test_message(smtp, to), [to])
-    except SmtpFailure as failure:
-        code = f"{failure.code} " if failure.code is not None else ""
-        say(f"{failure.step}: FAILED ({failure.cause}): {code}{failure.text}")
-        return failure
-    return None
+    def say(self, line: str) -> None:
+        """One step as `step: what happened`."""
+
+    def secured(self, client: aiosmtplib.SMTP) -> str | None:
+        """TLS is up (at connect with ssl, after STARTTLS): a line about it, or None."""
+        return None
+
+    def ready(self, client: aiosmtplib.SMTP) -> str | None:
+        """Logged in (or not, without a username), before MAIL: a line, or None."""
+        return None
 
 
-def _test_message(smtp: SmtpConfig, to: str) -> bytes:
-    host = socket.gethostname()
-    msg = EmailMessage()
-    msg["From"] = smtp.from_addr  # validated by `check`, like every configured address
-    msg["To"] = to
-    msg["Subject"] = f"[{host}] tailmail test message"
-    msg["Date"] = email.utils.formatdate(localtime=True)
-    msg["Message-ID"] = email.utils.make_msgid(domain=_msgid_domain(smtp.from_addr))
-    msg.set_content(
-        f"This is a test message from tailmail {__version__} on {host}.\n"
-        f"It was sent through {smtp.host} port {smtp.port} (security: {smtp.security}).\n"
-        "If you can read this, the reports will reach you too.\n"
-    )
-    return msg.as_bytes(policy=email.policy.SMTP)
-
-
-def _msgid_domain(from_addr: str) -> str:
-    _, _, domain = envelope_address(from_addr).rpartition("@")
-    return domain or "localhost"
-
-
-class _Session:
+class SmtpSession:
     """One SMTP conversation: open (resolve .. auth), one transaction, close."""
 
-    def __init__(
-        self,
-        smtp: SmtpConfig,
-        say: Say | None,
-        largest_attachment: tuple[str, int] | None = None,
-        warn: Say | None = None,
-    ) -> None:
+    def __init__(self, smtp: SmtpConfig, listener: Listener | None = None) -> None:
         self.smtp = smtp
-        self._say = say
-        self._largest = largest_attachment
-        self._warn = warn
+        self.listener = listener
         self.client: aiosmtplib.SMTP | None = None
         self._secrets = _secrets(smtp)
 
     # -- reporting --
 
-    def say(self, line: str) -> None:
-        if self._say is not None:
-            self._say(self.redact(line))
+    def say(self, line: str | None) -> None:
+        if self.listener is not None and line:
+            self.listener.say(self.redact(line))
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -271,9 +242,7 @@ class _Session:
         transient: bool | None = None,
         result: DeliveryResult | None = None,
     ) -> NoReturn:
-        if transient is None:
-            transient = step in _SESSION_STEPS or code is None or 400 <= code < 500
-        raise SmtpFailure(
+        raise _failure(
             step,
             cause,
             self.redact(text.strip()) or "(no details)",
@@ -289,7 +258,7 @@ class _Session:
         """Turn whatever the client raises during `name` into an SmtpFailure."""
         try:
             yield
-            _raise_if_cancelled()
+            raise_if_cancelled()
         except SmtpFailure:
             raise
         except SMTPResponseException as exc:
@@ -333,8 +302,10 @@ class _Session:
         self,
         message: bytes,
         recipients: list[str],
-        on_accepted: Callable[[DeliveryResult], None] | None = None,
+        on_accepted: OnAccepted | None = None,
     ) -> DeliveryResult:
+        """Open, send `message` to `recipients`, close; `on_accepted` is called the moment the
+        server has the message, before QUIT (see `Transport`)."""
         try:
             await self.open()
             result = await self.transaction(message, recipients)
@@ -345,10 +316,10 @@ class _Session:
             raise
         except BaseException:
             await self.close(polite=False)
-            _raise_if_cancelled()  # a failure that came with a stop must not hide the stop
+            raise_if_cancelled()  # a failure that came with a stop must not hide the stop
             raise
         await self.close(polite=True)
-        _raise_if_cancelled()
+        raise_if_cancelled()
         return result
 
     async def open(self) -> None:
@@ -390,8 +361,8 @@ class _Session:
         with self.step("connect"):
             greeting = await client.connect()
         self.say(f"connect: {smtp.host} port {smtp.port} -> {_reply(greeting)}")
-        if implicit:
-            self.say_tls()
+        if implicit and self.listener is not None:
+            self.say(self.listener.secured(client))
 
         await self.ehlo()
         if smtp.security == "starttls":
@@ -405,7 +376,8 @@ class _Session:
             with self.step("starttls"):
                 reply = await client.starttls(server_hostname=smtp.host, tls_context=context)
             self.say(f"starttls: {_reply(reply)}")
-            self.say_tls()
+            if self.listener is not None:
+                self.say(self.listener.secured(client))
             await self.ehlo()
         if smtp.username:
             await self.auth(smtp.username, smtp.password or "")
@@ -414,7 +386,8 @@ class _Session:
             self.say(f"auth: no smtp.username, so no login (the server offers {offered})")
         else:
             self.say("auth: no smtp.username, so no login")
-        self.say_size()
+        if self.listener is not None:
+            self.say(self.listener.ready(client))
 
     async def ehlo(self) -> None:
         client = self._client()
@@ -513,7 +486,7 @@ class _Session:
             self.say(f"rcpt: TO:<{addresses[recipient]}> -> {_reply(reply)}")
 
         if not accepted:
-            result = DeliveryResult((), rejected, deferred)
+            result = DeliveryResult((), rejected, deferred, step="rcpt")
             first, (code, text) = next(iter({**deferred, **rejected}.items()))
             cause = "temporary" if deferred else "recipient_rejected"
             self.fail(
@@ -525,7 +498,7 @@ class _Session:
                 result=result,
             )
 
-        refused = DeliveryResult((), rejected, deferred)
+        refused = DeliveryResult((), rejected, deferred, step="rcpt")
         with self.step("data"):
             try:
                 reply = await client.data(message)
@@ -538,7 +511,7 @@ class _Session:
                 self.fail("data", cause, _message(exc), result=refused)
         self.say(f"data: {len(message)} bytes -> {_reply(reply)}")
         answer = (reply.code, self.redact(reply.message))
-        return DeliveryResult(tuple(accepted), rejected, deferred, answer)
+        return DeliveryResult(tuple(accepted), rejected, deferred, answer, step="rcpt")
 
     async def close(self, polite: bool) -> None:
         """QUIT (when `polite`), close, and wait a moment for the connection to be gone, so
@@ -582,105 +555,6 @@ class _Session:
     def _client(self) -> aiosmtplib.SMTP:
         assert self.client is not None
         return self.client
-
-    def say_size(self) -> None:
-        """The server's SIZE limit against the biggest report the configuration can make."""
-        if self._say is None:
-            return
-        client = self._client()
-        announced = client.esmtp_extensions.get("size", "").strip()
-        limit = int(announced) if announced.isdigit() else 0  # RFC 1870: 0 is no limit
-        if not limit:
-            self.say("size: the server announces no SIZE limit")
-            return
-        if self._largest is None:
-            self.say(
-                f"size: the server takes messages up to {_size(limit)}; no report attaches a file"
-            )
-            return
-        report, attachment = self._largest
-        needed = report_size(attachment)
-        said = (
-            f"size: the server takes messages up to {_size(limit)}; the biggest report the "
-            f"config allows is about {_size(needed)} as sent (report {report}: "
-            f"max_attachment_bytes {_size(attachment)}, base64-encoded, with the text and HTML)"
-        )
-        if needed <= limit:
-            self.say(f"{said}: it fits")
-            return
-        fits = f"{attachment_within(limit) // 1024}KiB"
-        self.say(f"{said}: WARNING too big")
-        if self._warn is not None:
-            self._warn(
-                f"{self.smtp.host} port {self.smtp.port} takes messages up to {_size(limit)} but "
-                f"report {report} may send about {_size(needed)}: set its max_attachment_bytes "
-                f"to {fits} or less, or ask the mail administrator for a higher limit."
-            )
-
-    def say_tls(self) -> None:
-        if self._say is None:
-            return
-        client = self._client()
-        sslobject = client.get_transport_info("ssl_object")
-        cipher = client.get_transport_info("cipher")
-        version = sslobject.version() if sslobject is not None else "?"
-        name = cipher[0] if cipher else "?"
-        cert = client.get_transport_info("peercert")
-        if not cert:
-            self.say(f"tls: {version} ({name}); certificate not verified (verify_tls: false)")
-            return
-        subject = _dn(cert.get("subject", ()))
-        issuer = _dn(cert.get("issuer", ()))
-        expires = "?"
-        if "notAfter" in cert:
-            not_after = ssl.cert_time_to_seconds(cert["notAfter"])
-            days = int((not_after - time.time()) // 86400)
-            expires = f"{time.strftime('%Y-%m-%d', time.gmtime(not_after))} (in {days} days)"
-        names = ", ".join(v for _, v in cert.get("subjectAltName", ()))
-        self.say(
-            f"tls: {version} ({name}); certificate verified: subject {subject}; "
-            f"names {names or '-'}; issuer {issuer}; expires {expires}"
-        )
-
-
-# A report's text and HTML parts and headers, quoted-printable: the HTML is kept under 100 KB.
-REPORT_OVERHEAD = 256 * 1024
-
-
-def report_size(attachment: int) -> int:
-    """Bytes on the wire of a report whose attachment is `attachment` bytes: base64 makes 4
-    of 3, in lines of 76 characters and CRLF; the rest of the report is REPORT_OVERHEAD at most."""
-    encoded = 4 * -(-attachment // 3)
-    return encoded + 2 * -(-encoded // 76) + REPORT_OVERHEAD
-
-
-def attachment_within(limit: int) -> int:
-    """The largest attachment whose report_size is at most `limit`."""
-    room = max(0, limit - REPORT_OVERHEAD)
-    guess = room * 3 * 76 // (4 * 78)
-    while guess > 0 and report_size(guess) > limit:
-        guess -= 1
-    return guess
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
-def _raise_if_cancelled() -> None:
-    """Re-raise a cancellation that was swallowed on the way.
-
-    aiosmtplib waits for every reply with asyncio.wait_for, which in Python 3.11 returns the
-    reply and drops the CancelledError when both arrive in the same loop iteration. A task that
-    was asked to stop must not go on (to MAIL, or back to waiting for work): its TaskGroup, and
-    so the service's shutdown, would wait forever.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _secrets(smtp: SmtpConfig) -> list[str]:
@@ -727,13 +601,7 @@ def _tls_failure(exc: BaseException) -> tuple[str, str] | None:
     verify = _find(exc, ssl.SSLCertVerificationError)
     if verify is not None:
         text = verify.verify_message or verify.reason or str(verify)
-        if verify.verify_code in _HOSTNAME:
-            return "tls_hostname", text
-        if verify.verify_code in _EXPIRED:
-            return "tls_expired", text
-        if verify.verify_code in _UNTRUSTED:
-            return "tls_untrusted", text
-        return "tls_other", text
+        return _CERTIFICATE_CAUSES.get(verify.verify_code, "tls_other"), text
     error = _find(exc, ssl.SSLError)
     if error is not None:
         return "tls_other", error.reason or str(error)
@@ -764,18 +632,3 @@ def _abort(transport: asyncio.BaseTransport | None) -> None:
 def _reply(response: aiosmtplib.SMTPResponse) -> str:
     first = response.message.splitlines()[0] if response.message else ""
     return f"{response.code} {first}".strip()
-
-
-_DN_NAMES = {
-    "commonName": "CN",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "countryName": "C",
-    "stateOrProvinceName": "ST",
-    "localityName": "L",
-}
-
-
-def _dn(rdns: Any) -> str:
-    parts = [f"{_DN_NAMES.get(k, k)}={v}" for rdn in rdns for k, v in rdn]
-    return ", ".join(parts) or "?"

@@ -30,7 +30,9 @@ from agent.config.load import load_config
 from agent.config.model import Config, ReportConfig
 from agent.config.yamlfile import ProblemsError
 from agent.core.errors import WriteError
-from agent.deliver.outbox import Outbox, OutboxEntry, Sender
+from agent.deliver.outbox import Outbox, OutboxEntry
+from agent.deliver.sender import Policy, Sender
+from agent.deliver.transport import LazyTransport, Transport
 from agent.pipeline.pipeline import Pipeline
 from agent.rules.load import RuleBook
 from agent.service import status
@@ -79,7 +81,19 @@ class Service:
             config.rules_dir, [s.name for s in config.sources], [r.name for r in config.reports]
         )
         self.outbox = Outbox(config.state_dir / "outbox")
-        self.sender = Sender(self.outbox, config.smtp, self._delivered)
+
+        def mail() -> Transport:
+            # Built at the first delivery: aiosmtplib and email are not imported to start.
+            from agent.deliver.smtp import SmtpTransport
+
+            return SmtpTransport(config.smtp)
+
+        self.sender = Sender(
+            self.outbox,
+            {"mail": LazyTransport(mail)},
+            self._delivered,
+            policy=Policy.of(config.smtp),
+        )
         self.pipeline = Pipeline(
             config, self.rulebook, id_taken=self.outbox.contains, on_closed=self._closed
         )
