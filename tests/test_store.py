@@ -32,10 +32,10 @@ def test_flush_appends_exactly_the_lines_and_their_newlines(tmp_path: Path) -> N
     store = open_store(config, None)
     try:
         assert store.size == 0
-        store.add([b'{"a":1}', b'{"b":2}\r'])
+        store.accept([b'{"a":1}', b'{"b":2}\r'])
         assert config.store.read_bytes() == b"", "nothing is written before flush"
         store.flush()
-        store.add([b'{"c":3}'])
+        store.accept([b'{"c":3}'])
         store.flush()
         store.flush()  # nothing pending: nothing written
     finally:
@@ -52,7 +52,7 @@ def test_open_trims_bytes_beyond_the_committed_size(tmp_path: Path) -> None:
     store = open_store(config, len(b'{"kept":1}\n'))
     try:
         assert store.size == len(b'{"kept":1}\n')
-        store.add([b'{"again":2}'])
+        store.accept([b'{"again":2}'])
         store.flush()
     finally:
         store.close()
@@ -66,7 +66,7 @@ def test_open_without_a_committed_size_keeps_the_content(tmp_path: Path) -> None
     store = open_store(config, None)
     try:
         assert store.size == len(b'{"old":1}\n')
-        store.add([b'{"new":2}'])
+        store.accept([b'{"new":2}'])
         store.flush()
     finally:
         store.close()
@@ -97,9 +97,9 @@ def test_failed_flush_keeps_lines_pending_and_leaves_no_fragment(tmp_path: Path)
     def body() -> None:
         store = open_store(config, None)
         try:
-            store.add([b'{"a":1}'])
+            store.accept([b'{"a":1}'])
             store.flush()
-            store.add([b'{"b":"' + b"x" * 100 + b'"}'])
+            store.accept([b'{"b":"' + b"x" * 100 + b'"}'])
             soft, hard = limit_file_size(store.size + 20)
             with pytest.raises(OSError):
                 store.flush()

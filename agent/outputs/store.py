@@ -40,7 +40,7 @@ COPY_BYTES = 1 << 20
 
 
 class ReportStore:
-    """Owns one report's store file while the agent runs.
+    """Owns one report's store file while the agent runs: the first kind of Output.
 
     The file is opened on first use, and again after a refusal: a store that cannot be opened
     (a planted symlink, a full disk) holds its lines in memory and raises from `write` and
@@ -97,7 +97,11 @@ class ReportStore:
         self.identity = (st.st_dev, st.st_ino)
         self.size = self.committed = committed
 
-    def add(self, lines: list[bytes]) -> None:
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def accept(self, lines: list[bytes]) -> None:
         self.pending.extend(lines)
 
     def write(self) -> None:

@@ -475,7 +475,7 @@ class Pipeline:
             lines = selected[j]
             if not lines:
                 continue
-            self.stores[report.name].add(lines)
+            self.stores[report.name].accept(lines)
             stats.selected += len(lines)
             per_hour = stats.per_hour
             for (y, m, d, h), n in hours[j].items():
