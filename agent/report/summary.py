@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from agent.config.model import ReportConfig, SourceConfig
+from agent.rules.fields import MISSING, getter
 from agent.rules.load import Rule
 from agent.tail.eventtime import event_time
 
@@ -118,9 +119,6 @@ def _selects(rule: Rule, time_fields: tuple[str, ...], local_tz: tzinfo) -> Sele
     return selects
 
 
-_MISSING = object()
-
-
 def summarize_file(
     path: Path, profiles: Sequence[RuleProfile], limit: int | None = None, top: int = TOP
 ) -> FileSummary:
@@ -197,18 +195,18 @@ class _RuleCount:
 
 
 class _FieldCount:
-    __slots__ = ("counter", "name", "parts", "present", "uncounted")
+    __slots__ = ("counter", "get", "name", "present", "uncounted")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.parts = name.split(".")
+        self.get = getter(name)  # the rules' own reader: the report counts what they test
         self.counter: Counter[tuple[bool, str]] = Counter()
         self.present = 0
         self.uncounted = 0
 
     def add(self, event: dict[str, Any], cap: int) -> None:
-        value = lookup(event, self.parts)
-        if value is _MISSING:
+        value = self.get(event)
+        if value is MISSING:
             return
         self.present += 1
         key = _value_key(value)
@@ -222,21 +220,6 @@ class _FieldCount:
         # most_common orders equal counts by first appearance: stable for one file
         values = tuple((_value_text(k), n) for k, n in self.counter.most_common(top))
         return FieldValues(self.name, self.present, values, len(self.counter), self.uncounted)
-
-
-def lookup(event: Any, parts: Sequence[str]) -> Any:
-    """A dotted field path as the rules read it (`user.name`, `items.0`); _MISSING if absent."""
-    value = event
-    for part in parts:
-        if isinstance(value, dict):
-            if part not in value:
-                return _MISSING
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return _MISSING
-    return value
 
 
 def _value_key(value: Any) -> tuple[bool, str]:

@@ -28,6 +28,7 @@ import re2
 
 from agent.config.yamlfile import Map, Problem, Seq
 from agent.core.periods import system_timezone
+from agent.rules.fields import MISSING, getter
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
@@ -35,14 +36,6 @@ ValueTest = Callable[[Any], bool]
 TimeTest = Callable[[datetime], bool]
 
 
-class _Missing:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Final = _Missing()
 _NUMBER: Final = frozenset({int, float})  # exact types: bool is not a number here
 
 WHEN_KEYS: Final = ("days", "hours", "timezone")
@@ -445,41 +438,6 @@ def _all_values(tests: list[ValueTest]) -> ValueTest:
     return every
 
 
-def field_getter(path: str) -> Callable[[Event], Any]:
-    """The value at a dotted path, or _MISSING; a digit segment also indexes a list."""
-    segments = path.split(".")
-    first = segments[0]
-    if len(segments) == 1:
-
-        def get_one(ev: Event) -> Any:
-            return ev.get(first, _MISSING)
-
-        return get_one
-    if len(segments) == 2 and not (segments[1].isascii() and segments[1].isdigit()):
-        second = segments[1]
-
-        def get_two(ev: Event) -> Any:  # `user.name`: the most common path, unrolled
-            value = ev.get(first, _MISSING)
-            return value.get(second, _MISSING) if type(value) is dict else _MISSING
-
-        return get_two
-    steps = tuple((s, int(s) if s.isascii() and s.isdigit() else -1) for s in segments[1:])
-
-    def get(ev: Event) -> Any:
-        value = ev.get(first, _MISSING)
-        for key, index in steps:
-            kind = type(value)
-            if kind is dict:
-                value = value.get(key, _MISSING)
-            elif kind is list and 0 <= index < len(value):
-                value = value[index]
-            else:
-                return _MISSING
-        return value
-
-    return get
-
-
 @dataclass(frozen=True, slots=True)
 class _Test:
     """One compiled operator: its value test, its answer for a missing field, the string it
@@ -512,28 +470,28 @@ def _field_predicate(path: str, tests: list[_Test]) -> Predicate:
         if on_missing:
 
             def test_or_missing(ev: Event) -> bool:
-                v = ev.get(key, _MISSING)
-                return v is _MISSING or test(v)
+                v = ev.get(key, MISSING)
+                return v is MISSING or test(v)
 
             return test_or_missing
 
         def test_present(ev: Event) -> bool:
-            v = ev.get(key, _MISSING)
-            return v is not _MISSING and test(v)
+            v = ev.get(key, MISSING)
+            return v is not MISSING and test(v)
 
         return test_present
-    get = field_getter(path)
+    get = getter(path)
     if on_missing:
 
         def path_or_missing(ev: Event) -> bool:
             v = get(ev)
-            return v is _MISSING or test(v)
+            return v is MISSING or test(v)
 
         return path_or_missing
 
     def path_present(ev: Event) -> bool:
         v = get(ev)
-        return v is not _MISSING and test(v)
+        return v is not MISSING and test(v)
 
     return path_present
 

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.config.yamlfile import Map, Seq
-from agent.rules.match import Event, Predicate, TimeTest, field_getter
+from agent.rules.fields import getter
+from agent.rules.match import Event, Predicate, TimeTest
 
 EQ = "eq"
 PREFIX = "prefix"
@@ -189,7 +190,7 @@ class _Field:
         prefixes: dict[int, dict[str, list[Route]]],
     ) -> None:
         self.key = None if "." in path else path  # a top-level field is read with dict.get
-        self.get = field_getter(path)
+        self.get = getter(path)
         self.prefixes = tuple(
             (n, {text: tuple(rs) for text, rs in table.items()})
             for n, table in sorted(prefixes.items())
