@@ -11,7 +11,7 @@ import orjson
 
 from agent.config.model import ReportConfig, SourceConfig
 from agent.report.summary import MAX_DISTINCT, RuleProfile, rule_profiles, summarize_file
-from agent.rules.load import load_rules_path
+from agent.rules import load_rules_path
 
 
 def everything(*fields: str) -> RuleProfile:

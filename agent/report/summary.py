@@ -17,15 +17,15 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import tzinfo
+from datetime import datetime, tzinfo
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from agent.config.model import ReportConfig, SourceConfig
-from agent.rules.fields import MISSING, getter
-from agent.rules.load import Rule
+from agent.rules import MISSING, Rule, TimeOf, getter
 from agent.tail.eventtime import event_time
 
 MAX_DISTINCT = 10_000
@@ -94,29 +94,25 @@ def rule_profiles(
                 if s.time_field and (rule.sources is None or s.name in rule.sources)
             )
         )
+        at = _time_of(time_fields, local_tz)
         profiles.append(
-            RuleProfile(rule.name, rule.description, fields, _selects(rule, time_fields, local_tz))
+            RuleProfile(rule.name, rule.description, fields, partial(rule.selects, at=at))
         )
     return tuple(profiles)
 
 
-def _selects(rule: Rule, time_fields: tuple[str, ...], local_tz: tzinfo) -> Selects:
-    match, when = rule.match, rule.when
-    if when is None:
-        return match
+def _time_of(time_fields: tuple[str, ...], local_tz: tzinfo) -> TimeOf:
+    """A stored event's time: from the first of `time_fields` that holds one. None when none
+    does: the event was timed by its arrival, which the stored line does not carry."""
 
-    def selects(event: dict[str, Any]) -> bool:
-        if not match(event):
-            return False
+    def at(event: dict[str, Any]) -> datetime | None:
         for name in time_fields:
-            at = event_time(event.get(name), local_tz)
-            if at is not None:
-                return when(at)
-        # Timed by its arrival, which the stored line does not carry: it was stored, so the
-        # window held then.
-        return True
+            t = event_time(event.get(name), local_tz)
+            if t is not None:
+                return t
+        return None
 
-    return selects
+    return at
 
 
 def summarize_file(
