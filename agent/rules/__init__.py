@@ -13,7 +13,8 @@ Data flows through the modules in this order:
 - `rule`: `Rule` (everything derived from its tree once; `Rule.selects`) and rule files' data;
 - `load`: rule files on disk, limits, and reloads (`RuleBook`).
 
-Other packages and tests use the names exported here.
+Tests and other packages use the names exported here; modules inside `agent/` may also name a
+submodule.
 """
 
 from agent.config.yamlfile import Problem
