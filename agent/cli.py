@@ -239,8 +239,8 @@ def _lines(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
 
 def cmd_test_rules(args: argparse.Namespace) -> int:
     from agent.core.periods import system_timezone
-    from agent.rules.load import load_rules_path
-    from agent.tail.eventtime import event_time
+    from agent.rules import load_rules_path
+    from agent.tail.eventtime import time_reader
     from agent.tail.lines import classify
 
     config: Config | None = None
@@ -262,7 +262,9 @@ def cmd_test_rules(args: argparse.Namespace) -> int:
             raise Failure(f"no source named {args.source!r} in the config")
         rules = [r for r in rules if r.sources is None or args.source in r.sources]
         time_field = next(s.time_field for s in config.sources if s.name == args.source)
-    local = system_timezone()
+    # Events without a time (or without a source to say where it is) are timed by their
+    # arrival, as the service times them: now.
+    at = time_reader(time_field, system_timezone(), lambda: datetime.now(UTC))
     counts = dict.fromkeys((r.name for r in rules), 0)
     firsts: dict[str, list[str]] = {r.name: [] for r in rules}
     total = bad = selected = 0
@@ -276,12 +278,8 @@ def cmd_test_rules(args: argparse.Namespace) -> int:
                 continue
             hit = False
             for rule in rules:
-                if not rule.match(event):
+                if not rule.selects(event, at):
                     continue
-                if rule.when is not None:
-                    t = event_time(event.get(time_field), local) if time_field else None
-                    if not rule.when(t or datetime.now(UTC)):
-                        continue
                 hit = True
                 counts[rule.name] += 1
                 if len(firsts[rule.name]) < args.show:

@@ -408,7 +408,7 @@ def many_rules(res: Results, source: Path, counts: list[int], reps: int) -> None
             figures.append((cpu, done - t0))
         cpu, seconds = statistics.median(figures)
         lines = _line_count(source)
-        check = _check_rules(rules, source, agent.store)
+        check = check_rules(rules, source, agent.store)
         res.rules[str(count)] = {
             "cpu_us": cpu / lines * 1e6,
             "events_per_s": lines / seconds,
@@ -418,19 +418,19 @@ def many_rules(res: Results, source: Path, counts: list[int], reps: int) -> None
         _say(f"  rules {count}: {res.rules[str(count)]}")
 
 
-def _check_rules(rules_dir: Path, source: Path, store: Path, sample: int = 20_000) -> str:
+def check_rules(rules_dir: Path, source: Path, store: Path, sample: int = 20_000) -> str:
     """Every rule tried on every one of the first `sample` events, without the index: the
     store must begin with exactly that selection."""
     import orjson
 
     from agent.core.periods import system_timezone
-    from agent.rules.load import load_rules_path
-    from agent.tail.eventtime import event_time
+    from agent.rules import load_rules_path
+    from agent.tail.eventtime import time_reader
 
     loaded, problems = load_rules_path(rules_dir, ["app"], ["daily"])
     if problems:
         return f"rules did not load: {problems[0]}"
-    tz = system_timezone()
+    at = time_reader("ts", system_timezone(), lambda: datetime.now().astimezone())
     chosen = []
     with source.open("rb") as f:
         for _ in range(sample):
@@ -441,15 +441,8 @@ def _check_rules(rules_dir: Path, source: Path, store: Path, sample: int = 20_00
                 continue
             if type(event) is not dict:
                 continue
-            for rule in loaded:
-                if not rule.enabled or not rule.match(event):
-                    continue
-                if rule.when is not None:
-                    t = event_time(event.get("ts"), tz) or datetime.now().astimezone()
-                    if not rule.when(t):
-                        continue
+            if any(rule.enabled and rule.selects(event, at) for rule in loaded):
                 chosen.append(line)
-                break
     want = b"".join(chosen)
     with store.open("rb") as f:
         got = f.read(len(want))

@@ -1,8 +1,9 @@
-"""Tests for agent.match: conditions, operators, when windows, and their mistakes."""
+"""Tests for agent.rules (parse, predicates): conditions, operators, when windows, and their mistakes."""
 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config.yamlfile import Problem, parse_yaml
-from agent.rules.load import Rule, parse_rules
-from agent.rules.match import _glob_test, _re2_test, glob_to_re2
+from agent.rules import (
+    MISSING,
+    All,
+    AnyOf,
+    Cidr,
+    Eq,
+    Exists,
+    FieldTest,
+    In,
+    Ne,
+    Not,
+    Rule,
+    StartsWith,
+    Window,
+    getter,
+    glob_test,
+    glob_to_re2,
+    parse_rules,
+    position,
+    regex_test,
+)
 
 
 def text_of(yaml_text: str) -> str:
@@ -198,7 +218,7 @@ def test_regex_searches_unanchored() -> None:
 def test_regex_survives_lone_surrogates() -> None:
     """A lone surrogate in event data never raises, on the fast and the public RE2 path."""
     for fast in (True, False):
-        test = _re2_test("a", whole=False, fast=fast)
+        test = regex_test("a", whole=False, fast=fast)
         assert test("x\ud800a") is (fast is True)  # public API cannot encode it: no match
         assert not test("\ud800")
 
@@ -206,8 +226,8 @@ def test_regex_survives_lone_surrogates() -> None:
 @pytest.mark.parametrize("fast", [True, False])
 def test_re2_fast_and_public_paths_agree(fast: bool) -> None:
     """The RE2 fast path and the public-API fallback give the same answers."""
-    search = _re2_test("b+c", whole=False, fast=fast)
-    whole = _re2_test("a.*c", whole=True, fast=fast)
+    search = regex_test("b+c", whole=False, fast=fast)
+    whole = regex_test("a.*c", whole=True, fast=fast)
     assert search("abbbc") and not search("ac") and not search(3)
     assert whole("abc") and not whole("abcd") and not whole("xabc")
 
@@ -244,13 +264,13 @@ _GLOB_ALPHABET = "ab/-!]*?["
 )
 def test_glob_agrees_with_fnmatchcase(pattern: str, text: str) -> None:
     """For patterns of literals, *, ?, classes and ranges, glob agrees with fnmatchcase."""
-    assert _glob_test(pattern)(text) == fnmatch.fnmatchcase(text, pattern)
+    assert glob_test(pattern)(text) == fnmatch.fnmatchcase(text, pattern)
 
 
 @given(pattern=st.text(alphabet="ab*?[]!-", max_size=8), text=st.text(alphabet="ab-", max_size=6))
 def test_glob_regex_path_agrees_with_fnmatchcase(pattern: str, text: str) -> None:
     """The RE2 translation alone (no literal shortcut) also agrees with fnmatchcase."""
-    whole = _re2_test(glob_to_re2(pattern), whole=True)
+    whole = regex_test(glob_to_re2(pattern), whole=True)
     assert whole(text) == fnmatch.fnmatchcase(text, pattern)
 
 
@@ -389,6 +409,26 @@ def test_nested_paths_and_list_indexes() -> None:
     assert not deep({"a": {"b": {"c": {"d": None}}}})
 
 
+def test_a_list_position_is_ascii_digits_only() -> None:
+    """`²` and other scripts' digits are keys, never list positions, in conditions as in `getter`."""
+    squared = cond("items.²: 2")
+    assert not squared({"items": [1, 2]})
+    assert squared({"items": {"²": 2}})
+    assert not cond("items.\u0661: 2")({"items": [1, 2]})  # ARABIC-INDIC DIGIT ONE
+    assert cond("items.01: 2")({"items": [1, 2]})
+    assert getter("items.²")({"items": [1, 2]}) is MISSING
+    assert getter("items.1")({"items": [1, 2]}) == 2
+    assert getter("items.1")({"items": {"1": None}}) is None
+    assert [position(name) for name in ("0", "12", "²", "-1", "x", "")] == [
+        0,
+        12,
+        None,
+        None,
+        None,
+        None,
+    ]
+
+
 def test_several_keys_in_one_mapping_all_hold() -> None:
     """Keys of one condition mapping are joined with and."""
     m = cond("level: error\nuser: root")
@@ -436,6 +476,36 @@ def test_field_form_for_keyword_names() -> None:
     n = cond("all:\n  - {field: not, in: [a, b]}\n  - {field: any.x, gt: 1}")
     assert n({"not": "a", "any": {"x": 2}})
     assert not n({"not": "c", "any": {"x": 2}})
+
+
+def test_a_condition_is_parsed_once_into_a_tree_of_converted_operands() -> None:
+    """match: becomes All/AnyOf/Not/FieldTest nodes with plain operands; one key of a mapping is that key's condition."""
+    r = rule(
+        """
+        match:
+          event: {startswith: [login., auth.], ne: login.ok}
+          any:
+            - level: {in: [error, warning]}
+            - not: {remote_ip: {cidr: 10.0.0.0/8}}
+            - {field: all, exists: true}
+        when: {days: [mon-fri], hours: "22:00-06:00", timezone: UTC}
+        """
+    )
+    assert r.condition == All(
+        (
+            FieldTest("event", (StartsWith(("login.", "auth.")), Ne("login.ok"))),
+            AnyOf(
+                (
+                    FieldTest("level", (In(("error", "warning")),)),
+                    Not(FieldTest("remote_ip", (Cidr((ipaddress.ip_network("10.0.0.0/8"),)),))),
+                    FieldTest("all", (Exists(True),)),
+                )
+            ),
+        )
+    )
+    assert (r.condition.line, r.condition.items[1].line) == (2, 3)
+    assert r.window == Window(frozenset(range(5)), (22 * 60, 6 * 60), ZoneInfo("UTC"))
+    assert rule("match: {level: error}").condition == FieldTest("level", (Eq("error"),))
 
 
 def test_fields_in_first_use_order_without_duplicates() -> None:

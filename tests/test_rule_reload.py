@@ -13,9 +13,8 @@ import pytest
 import structlog
 from agent_proc import DEADLINE, write_config
 
-import agent.rules.load
 from agent.config.load import load_config
-from agent.config.yamlfile import Problem
+from agent.config.yamlfile import Problem, parse_yaml
 from agent.service.notify import Notifier
 from agent.service.service import Service
 
@@ -53,7 +52,6 @@ async def test_the_loop_runs_while_a_rule_file_is_parsed(
     (tmp_path / "rules.d" / "new.yaml").write_text("match: {level: warning}\n")
     parsing, release = threading.Event(), threading.Event()
     parse_threads: list[int] = []
-    parse = agent.rules.load.parse_yaml
 
     def slow_parse(text: str, file: str) -> tuple[Any, list[Problem]]:
         parse_threads.append(threading.get_ident())
@@ -61,9 +59,9 @@ async def test_the_loop_runs_while_a_rule_file_is_parsed(
         # Held until the loop has shown it runs: on the loop's own thread this would stall
         # every task (and the checks below would see the reload already done).
         release.wait(DEADLINE)
-        return parse(text, file)
+        return parse_yaml(text, file)
 
-    monkeypatch.setattr(agent.rules.load, "parse_yaml", slow_parse)
+    monkeypatch.setattr("agent.rules.load.parse_yaml", slow_parse)
     version = service.rulebook.version
     reload = asyncio.create_task(service.reload_rules())
     ticks = 0

@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import textwrap
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hostile import HOSTILE
 
-import agent.rules.load
 from agent.config.yamlfile import Problem, parse_yaml
-from agent.rules.load import (
+from agent.rules import (
     MAX_RULE_FILE_BYTES,
     Rule,
     RuleBook,
@@ -21,7 +22,12 @@ from agent.rules.load import (
     load_rule_file,
     load_rules_path,
     parse_rules,
+    read_bounded,
 )
+
+# Where the loader looks up its reader and parser, for tests that stand in for them.
+READER = "agent.rules.load.read_bounded"
+PARSER = "agent.rules.load.parse_yaml"
 
 SOURCES = ("app", "web")
 REPORTS = ("daily", "security")
@@ -90,6 +96,34 @@ def test_rule_with_every_key() -> None:
     assert not r.enabled
     assert r.sources == frozenset(SOURCES) and r.reports == frozenset({"daily"})
     assert r.when is not None
+
+
+def test_selects_is_the_condition_and_the_window_at_the_event_time_read_only_when_needed() -> None:
+    """Rule.selects holds when the condition does and the window holds at `at(event)`, which is called only for a rule with a window whose condition held; an unknown time (None) lets the window hold."""
+    calls: list[dict[str, Any]] = []
+
+    def at(times: dict[str, datetime | None]) -> Callable[[dict[str, Any]], datetime | None]:
+        def read(event: dict[str, Any]) -> datetime | None:
+            calls.append(event)
+            return times[event["t"]]
+
+        return read
+
+    office = rule('match: {level: error}\nwhen: {hours: "08:00-18:00", timezone: UTC}')
+    times = at(
+        {
+            "in": datetime(2026, 11, 20, 9, tzinfo=UTC),
+            "out": datetime(2026, 11, 20, 20, tzinfo=UTC),
+            "unknown": None,
+        }
+    )
+    assert office.selects({"level": "error", "t": "in"}, times)
+    assert not office.selects({"level": "error", "t": "out"}, times)
+    assert office.selects({"level": "error", "t": "unknown"}, times)
+    assert len(calls) == 3
+    assert not office.selects({"level": "info", "t": "in"}, times)
+    assert rule("match: {level: error}").selects({"level": "error", "t": "out"}, times)
+    assert len(calls) == 3, "no time is read when the condition fails or there is no window"
 
 
 def test_rules_list_keeps_order_and_lines() -> None:
@@ -473,7 +507,7 @@ def test_oversized_rule_file_is_not_read(tmp_path: Path, monkeypatch: pytest.Mon
     """The size limit is checked on the file's stat, before a byte of it is read."""
     path = write(tmp_path, "big.yaml", HOSTILE["oversized"].text)
     reads: list[Path] = []
-    monkeypatch.setattr(agent.rules.load, "_read_bounded", lambda file, limit: reads.append(file))
+    monkeypatch.setattr(READER, lambda file, limit: reads.append(file))
     assert load_rules_path(tmp_path)[1] == [Problem(str(path), 1, HOSTILE["oversized"].message)]
     assert reads == []
 
@@ -483,17 +517,16 @@ def test_rule_file_that_grows_past_the_limit_while_read(
 ) -> None:
     """A file that was small at the stat but grew before the read is refused: no more than the limit + 1 bytes are read."""
     path = write(tmp_path, "grows.yaml", "match: {level: error}\n")
-    read = agent.rules.load._read_bounded
     lengths: list[int] = []
 
     def grow_then_read(file: Path, limit: int) -> bytes | None:
         with file.open("a") as f:
             f.write(HOSTILE["oversized"].text)
-        content = read(file, limit)
+        content = read_bounded(file, limit)
         lengths.append(len(content or b""))
         return content
 
-    monkeypatch.setattr(agent.rules.load, "_read_bounded", grow_then_read)
+    monkeypatch.setattr(READER, grow_then_read)
     message = (
         "the rule file is over 1 MiB; the limit is 1 MiB: split it into several files in the "
         "rules directory"
@@ -527,14 +560,13 @@ def test_unexpected_error_in_one_file_fails_that_file_alone(
     for name in ("a", "b", "c"):
         write(tmp_path, f"{name}.yaml", f"match: {{{name}: 1}}\n")
     assert book.reload() == []
-    parse = agent.rules.load.parse_yaml
 
     def broken_for_b(text: str, file: str) -> tuple[Any, list[Problem]]:
         if file.endswith("b.yaml"):
             raise RuntimeError("boom")
-        return parse(text, file)
+        return parse_yaml(text, file)
 
-    monkeypatch.setattr(agent.rules.load, "parse_yaml", broken_for_b)
+    monkeypatch.setattr(PARSER, broken_for_b)
     write(tmp_path, "b.yaml", "match: {b: 2}\n")
     write(tmp_path, "d.yaml", "match: {d: 1}\n")
     message = (

@@ -11,7 +11,7 @@ import orjson
 
 from agent.config.model import ReportConfig, SourceConfig
 from agent.report.summary import MAX_DISTINCT, RuleProfile, rule_profiles, summarize_file
-from agent.rules.load import load_rules_path
+from agent.rules import load_rules_path
 
 
 def everything(*fields: str) -> RuleProfile:
@@ -166,3 +166,26 @@ when: {hours: "08:00-18:00", timezone: UTC}
     assert not profile.selects({"level": "error", "at": at(20)})
     assert profile.selects({"level": "error", "ts": at(20)}), "ts is not the web source's field"
     assert not profile.selects({"level": "info", "at": at(9)})
+
+
+def test_top_fields_read_a_path_as_the_rules_do_a_list_position_is_ascii_digits(
+    tmp_path: Path,
+) -> None:
+    """`items.²` names a key, never a list position: on a list it finds nothing (it raised ValueError and stopped every rotation), on an object it finds the key."""
+    rules = rules_dir(tmp_path, "name: x\nmatch: {event: x}\n")
+    report = ReportConfig(
+        name="daily",
+        store=tmp_path / "d.jsonl",
+        to=("a@example.com",),
+        top_fields=("items.²", "items.1"),
+    )
+    path = write_lines(
+        tmp_path / "s.jsonl",
+        [{"event": "x", "items": [1, 2]}, {"event": "x", "items": {"²": "sq", "1": "one"}}],
+    )
+    summary = summarize_file(path, rule_profiles(report, rules, [SourceConfig("app", "/a")], UTC))
+    [rule] = summary.rules
+    squared, second = rule.fields
+    assert rule.events == 2
+    assert (squared.present, squared.values) == (1, (("sq", 1),))
+    assert (second.present, second.values) == (2, (("2", 1), ("one", 1)))

@@ -38,7 +38,7 @@ from agent.pipeline.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from agent.rules.load import Rule, RuleBook
+from agent.rules import Rule, RuleBook
 from agent.rules.routes import Route, Router
 from agent.tail.eventtime import time_reader
 from agent.tail.files import Retired, SourceTailer, Tailed

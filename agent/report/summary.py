@@ -17,14 +17,15 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import tzinfo
+from datetime import datetime, tzinfo
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from agent.config.model import ReportConfig, SourceConfig
-from agent.rules.load import Rule
+from agent.rules import MISSING, Rule, TimeOf, getter
 from agent.tail.eventtime import event_time
 
 MAX_DISTINCT = 10_000
@@ -93,32 +94,25 @@ def rule_profiles(
                 if s.time_field and (rule.sources is None or s.name in rule.sources)
             )
         )
+        at = _time_of(time_fields, local_tz)
         profiles.append(
-            RuleProfile(rule.name, rule.description, fields, _selects(rule, time_fields, local_tz))
+            RuleProfile(rule.name, rule.description, fields, partial(rule.selects, at=at))
         )
     return tuple(profiles)
 
 
-def _selects(rule: Rule, time_fields: tuple[str, ...], local_tz: tzinfo) -> Selects:
-    match, when = rule.match, rule.when
-    if when is None:
-        return match
+def _time_of(time_fields: tuple[str, ...], local_tz: tzinfo) -> TimeOf:
+    """A stored event's time: from the first of `time_fields` that holds one. None when none
+    does: the event was timed by its arrival, which the stored line does not carry."""
 
-    def selects(event: dict[str, Any]) -> bool:
-        if not match(event):
-            return False
+    def at(event: dict[str, Any]) -> datetime | None:
         for name in time_fields:
-            at = event_time(event.get(name), local_tz)
-            if at is not None:
-                return when(at)
-        # Timed by its arrival, which the stored line does not carry: it was stored, so the
-        # window held then.
-        return True
+            t = event_time(event.get(name), local_tz)
+            if t is not None:
+                return t
+        return None
 
-    return selects
-
-
-_MISSING = object()
+    return at
 
 
 def summarize_file(
@@ -197,18 +191,18 @@ class _RuleCount:
 
 
 class _FieldCount:
-    __slots__ = ("counter", "name", "parts", "present", "uncounted")
+    __slots__ = ("counter", "get", "name", "present", "uncounted")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.parts = name.split(".")
+        self.get = getter(name)  # the rules' own reader: the report counts what they test
         self.counter: Counter[tuple[bool, str]] = Counter()
         self.present = 0
         self.uncounted = 0
 
     def add(self, event: dict[str, Any], cap: int) -> None:
-        value = lookup(event, self.parts)
-        if value is _MISSING:
+        value = self.get(event)
+        if value is MISSING:
             return
         self.present += 1
         key = _value_key(value)
@@ -222,21 +216,6 @@ class _FieldCount:
         # most_common orders equal counts by first appearance: stable for one file
         values = tuple((_value_text(k), n) for k, n in self.counter.most_common(top))
         return FieldValues(self.name, self.present, values, len(self.counter), self.uncounted)
-
-
-def lookup(event: Any, parts: Sequence[str]) -> Any:
-    """A dotted field path as the rules read it (`user.name`, `items.0`); _MISSING if absent."""
-    value = event
-    for part in parts:
-        if isinstance(value, dict):
-            if part not in value:
-                return _MISSING
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return _MISSING
-    return value
 
 
 def _value_key(value: Any) -> tuple[bool, str]:

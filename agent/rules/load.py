@@ -1,14 +1,11 @@
-"""Filter rules: what the operator wrote in `rules_dir`, validated once and compiled to closures.
+"""Rule files and the rules directory: reading them safely, and reloading them (`RuleBook`).
 
-A rule is a name, where it applies (`sources:`, `reports:`), a condition (`match:`) and an
-optional time window (`when:`); `agent.match` compiles the last two. Rule files hold one rule or
-a `rules:` list; a directory's files are loaded in sorted order and reloaded by `RuleBook`.
-
-Every mistake is a `Problem` with the line of the offending key or item. A file with any problem
-loads no rule; `RuleBook` then keeps that file's previous version in force.
+Rule files hold one rule or a `rules:` list (parsed by `agent.rules.rule`); a directory's
+`*.yaml` and `*.yml` files are loaded in sorted order. A file with any problem loads no rule;
+`RuleBook` then keeps that file's previous version in force, and the other files load normally.
 
 A rule file is limited in size (MAX_RULE_FILE_BYTES, checked before it is read) and in what its
-YAML may cost (see `agent.yamlfile`), so one planted file cannot exhaust memory or time; a
+YAML may cost (see `agent.config.yamlfile`), so one planted file cannot exhaust memory or time; a
 reload's scan and parse can run in a worker thread (`RuleBook.stage`) while only the swap of the
 rules in force (`RuleBook.publish`) runs where the pipeline reads them.
 """
@@ -18,281 +15,24 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import stat
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from agent.config.yamlfile import Map, Problem, Seq, parse_yaml
-from agent.rules.match import Compiler, Predicate, TimeTest, compile_when, describe, suggest
-from agent.rules.routes import NOTHING_LEFT, Key, residual, rule_key
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """One compiled rule. An event is selected when `match(event)` holds and, if `when` is set,
-    `when(event_time)` holds; `sources`/`reports` restrict where it applies (None: everywhere)."""
-
-    name: str
-    description: str
-    file: str
-    line: int
-    enabled: bool
-    sources: frozenset[str] | None  # None: all sources
-    reports: frozenset[str] | None  # None: all reports
-    match: Predicate  # compiled once; called per event
-    when: TimeTest | None  # takes the event time, aware (a naive one is taken as UTC)
-    fields: tuple[str, ...]  # field paths the condition reads, first-use order
-    key: Key | None = None  # the strings one of which it requires (see agent.routes), if any
-    # What a candidate found through `key` must still pass: `match` without the condition the
-    # key stands for; None when that was all of it. Used only with a key.
-    residual: Predicate | None = None
-
-    @property
-    def test(self) -> Predicate | None:
-        """What the router's candidate must pass: the residual if keyed, else the match."""
-        return self.residual if self.key is not None else self.match
-
+from agent.config.yamlfile import Problem, parse_yaml
+from agent.rules.rule import Rule, parse_rules
 
 _MiB: Final = 1024 * 1024
 # 1,000 rules of ~200 bytes are 0.2 MiB; a file past this limit is refused before it is read.
 # Parsing costs ~3 s of CPU per MiB: the limit also bounds how long one reload can take.
 MAX_RULE_FILE_BYTES: Final = 1 * _MiB
 
-RULE_KEYS: Final = ("name", "description", "enabled", "sources", "reports", "match", "when")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: `$` allows a final newline
-_NAME_RULE = "may use only letters, digits, '.', '_' and '-' (and start with a letter or digit)"
-
-
-# --- rules and rule files ----------------------------------------------------------------------
-
-
-def _names(c: Compiler, m: Map, key: str, known: frozenset[str] | None) -> frozenset[str] | None:
-    """`sources:`/`reports:`: a name or a list of names, each known when `known` is given."""
-    if key not in m:
-        return None
-    value, line = m[key], m.line_of(key)
-    entries = (
-        [(x, value.line_of(i)) for i, x in enumerate(value)]
-        if isinstance(value, Seq)
-        else [(value, line)]
-    )
-    what = key[:-1]
-    if not entries:
-        c.problem(
-            line, f"{key}: [] names no {what}; leave {key} out to apply the rule to every {what}"
-        )
-        return None
-    names: set[str] = set()
-    for entry, entry_line in entries:
-        if not isinstance(entry, str):
-            c.problem(entry_line, f"{key} must list {what} names, not {describe(entry)}")
-        elif known is not None and entry not in known:
-            listed = ", ".join(sorted(known)) if known else f"none: the configuration has no {key}"
-            c.problem(
-                entry_line,
-                f"unknown {what} {entry!r}{suggest(entry, known)}; the configured {key} are: {listed}",
-            )
-        names.add(str(entry))
-    return frozenset(names)
-
-
-def _rule(
-    file: str,
-    problems: list[Problem],
-    m: Map,
-    default_name: str | None,
-    source_names: frozenset[str] | None,
-    report_names: frozenset[str] | None,
-) -> tuple[Rule, int] | None:
-    """One rule mapping -> (Rule, line of its name), or None with problems recorded."""
-    c = Compiler(file, problems)
-    before = len(problems)
-    for key in m:
-        if key not in RULE_KEYS:
-            c.problem(
-                m.line_of(key),
-                f"unknown key {key!r} in a rule{suggest(key, RULE_KEYS)}; known keys: {', '.join(RULE_KEYS)}",
-            )
-    name, name_line = default_name, m.line
-    if "name" in m:
-        value, name_line = m["name"], m.line_of("name")
-        if isinstance(value, str | int) and not isinstance(value, bool):
-            name = str(value)
-            if not _NAME.fullmatch(name):
-                c.problem(name_line, f"rule name {name!r} {_NAME_RULE}")
-        else:
-            c.problem(name_line, f"name must be a string, not {describe(value)}")
-    elif name is None:
-        c.problem(
-            m.line, "this file holds several rules, so each needs a `name:` (unique across files)"
-        )
-    elif not _NAME.fullmatch(name):
-        c.problem(
-            m.line,
-            f"the rule is named after its file, {name!r}, but a rule name {_NAME_RULE}; "
-            "add `name:` or rename the file",
-        )
-    description = m.get("description")
-    if description is None:
-        description = ""
-    elif not isinstance(description, str):
-        c.problem(
-            m.line_of("description"), f"description must be text, not {describe(description)}"
-        )
-    enabled = m.get("enabled", True)
-    if not isinstance(enabled, bool):
-        c.problem(m.line_of("enabled"), f"enabled must be true or false, not {describe(enabled)}")
-    sources = _names(c, m, "sources", source_names)
-    reports = _names(c, m, "reports", report_names)
-    match: Predicate | None = None
-    if "match" not in m:
-        c.problem(m.line, "missing required key 'match': the condition that selects events")
-    elif m["match"] is None:
-        c.problem(m.line_of("match"), "match is empty; give a condition such as `level: error`")
-    else:
-        match = c.condition(m["match"], m.line_of("match"), "match")
-    when = None
-    if m.get("when") is not None:
-        when = compile_when(c, m["when"], m.line_of("when"))
-    if len(problems) > before or match is None or name is None:
-        return None
-    keyed_by = rule_key(m["match"])
-    rule = Rule(
-        name=name,
-        description=str(description),
-        file=file,
-        line=m.line,
-        enabled=bool(enabled),
-        sources=sources,
-        reports=reports,
-        match=match,
-        when=when,
-        fields=tuple(c.fields),
-        key=keyed_by,
-        residual=_residual(file, m, keyed_by, match),
-    )
-    return rule, name_line
-
-
-def _residual(file: str, m: Map, key: Key | None, match: Predicate) -> Predicate | None:
-    if key is None:
-        return None
-    rest = residual(m["match"], key)
-    if rest is NOTHING_LEFT:
-        return None
-    if rest is None:
-        return match
-    problems: list[Problem] = []
-    test = Compiler(file, problems).condition(rest, m.line_of("match"), "match")
-    return test if test is not None and not problems else match  # a part of a valid condition
-
-
-def _parse(
-    data: Any,
-    file: str,
-    default_name: str,
-    source_names: frozenset[str] | None,
-    report_names: frozenset[str] | None,
-) -> tuple[list[Rule], list[Problem], dict[str, int]]:
-    """Rules, problems, and the line of each rule's name (for cross-file duplicate messages)."""
-    problems: list[Problem] = []
-    what = "one rule (a mapping with at least `match:`), or `rules:` with a list of rules"
-    if data is None:
-        # An empty file is refused rather than read as "no rules": an editor that truncates
-        # before writing must not withdraw the file's rules in between.
-        return [], [Problem(file, 1, f"the file is empty; it must hold {what}")], {}
-    if not isinstance(data, Map):
-        line = data.line if isinstance(data, Seq) else 1
-        return [], [Problem(file, line, f"a rule file must hold {what}, not {describe(data)}")], {}
-    entries: list[tuple[Any, int]]
-    if "rules" in data:
-        for key in data:
-            if key != "rules":
-                problems.append(
-                    Problem(
-                        file,
-                        data.line_of(key),
-                        f"{key!r} cannot stand next to `rules:`; move it into the rules of the list",
-                    )
-                )
-        items = data["rules"]
-        if not isinstance(items, Seq):
-            problems.append(
-                Problem(
-                    file,
-                    data.line_of("rules"),
-                    f"rules must be a list of rules, not {describe(items)}",
-                )
-            )
-            return [], problems, {}
-        entries = [(item, items.line_of(i)) for i, item in enumerate(items)]
-    else:
-        entries = [(data, data.line)]
-    name_lines: dict[str, int] = {}
-    rules: list[Rule] = []
-    for index, (item, line) in enumerate(entries):
-        if not isinstance(item, Map):
-            problems.append(
-                Problem(
-                    file,
-                    line,
-                    f"rule {index + 1} must be a mapping with at least `match:`, not {describe(item)}",
-                )
-            )
-            continue
-        built = _rule(
-            file,
-            problems,
-            item,
-            default_name if len(entries) == 1 else None,
-            source_names,
-            report_names,
-        )
-        if built is None:
-            continue
-        rule, name_line = built
-        if rule.name in name_lines:
-            problems.append(
-                Problem(
-                    file,
-                    name_line,
-                    f"duplicate rule name {rule.name!r} (first at line {name_lines[rule.name]}); "
-                    "rule names must be unique",
-                )
-            )
-            continue
-        name_lines[rule.name] = name_line
-        rules.append(rule)
-    if problems:
-        return [], sorted(problems, key=lambda p: p.line), {}
-    return rules, problems, name_lines
-
 
 def _frozen(names: Collection[str] | None) -> frozenset[str] | None:
     return frozenset(names) if names is not None else None
-
-
-def parse_rules(
-    data: Any,
-    file: str,
-    default_name: str,
-    *,
-    source_names: Collection[str] | None = None,
-    report_names: Collection[str] | None = None,
-) -> tuple[list[Rule], list[Problem]]:
-    """Validate and compile the rules of one parsed YAML file (from `parse_yaml`).
-
-    With any problem, no rule is returned. Names in `sources:`/`reports:` are checked only when
-    the configured names are given.
-    """
-    rules, problems, _ = _parse(
-        data, file, default_name, _frozen(source_names), _frozen(report_names)
-    )
-    return rules, problems
 
 
 def load_rule_file(
@@ -320,7 +60,7 @@ def _too_big(file: str, size: int | None) -> Problem:
     )
 
 
-def _read_bounded(path: Path, limit: int) -> bytes | None:
+def read_bounded(path: Path, limit: int) -> bytes | None:
     """At most `limit + 1` bytes of the regular file at `path` (more than `limit`: too big), or
     None when it is not a regular file. Raises OSError.
 
@@ -331,9 +71,6 @@ def _read_bounded(path: Path, limit: int) -> bytes | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         return f.read(limit + 1)
-
-
-# --- directories and reloads -------------------------------------------------------------------
 
 
 def is_rule_file_name(name: str) -> bool:
@@ -348,7 +85,6 @@ class _Loaded:
     file: str
     rules: tuple[Rule, ...]
     problems: list[Problem]
-    name_lines: dict[str, int] = field(default_factory=dict)
     digest: bytes = b""
     stat_key: tuple[int, ...] | None = None  # None: re-read next time
 
@@ -388,7 +124,7 @@ def _load_file(
     if before.st_size > MAX_RULE_FILE_BYTES:
         return _Loaded(file, (), [_too_big(file, before.st_size)], stat_key=key)
     try:
-        content = _read_bounded(path, MAX_RULE_FILE_BYTES)
+        content = read_bounded(path, MAX_RULE_FILE_BYTES)
         # A file being written while we read, or just written, is read again next time.
         stable = _stat_key(os.stat(path)) == key and time.time_ns() - before.st_mtime_ns > _RACY_NS
     except FileNotFoundError:
@@ -414,8 +150,8 @@ def _load_file(
     if problems:
         loaded.problems = problems
         return loaded
-    rules, loaded.problems, loaded.name_lines = _parse(
-        data, file, path.stem, source_names, report_names
+    rules, loaded.problems = parse_rules(
+        data, file, path.stem, source_names=source_names, report_names=report_names
     )
     loaded.rules = tuple(rules)
     return loaded
@@ -482,7 +218,7 @@ def _resolve(
             clashes = [
                 Problem(
                     current.file,
-                    current.name_lines.get(r.name, r.line),
+                    r.name_line,
                     f"rule name {r.name!r} is already used at {taken[r.name]}; rule names must be "
                     "unique across files, so this file is not loaded: rename one of the rules",
                 )
@@ -507,7 +243,7 @@ def _resolve(
                 )
         if candidate is not None:
             for r in candidate.rules:
-                taken[r.name] = f"{r.file}:{candidate.name_lines.get(r.name, r.line)}"
+                taken[r.name] = f"{r.file}:{r.name_line}"
             in_force[name] = candidate
     return in_force, problems
 

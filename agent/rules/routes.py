@@ -1,171 +1,25 @@
 """Which rules an event can match, found by a few dictionary lookups instead of trying them all.
 
-Most rules name values: `event: login.failed`, `user.name: {in: [alice, bob]}`,
-`path: {startswith: /srv/}`. Such a condition, when every event the rule selects must satisfy
-it, is the rule's *key*: a field path and the strings that field must equal or start with.
-`Router` files each rule under its key's strings, so for an event it looks up the value of each
-indexed field (and that value's prefixes of the indexed lengths) and gets back only the rules
-that can match; every candidate is then tested in full. Rules without a key are tried for every
-event. The answer is the same as trying every rule in order (tests/test_routes.py checks this on
-random rules and events); only the work differs, which is what lets 1,000 rules cost about what
-10 do.
-
-A key is taken only where it is a necessary condition: a field condition at the top of the
-`match:` mapping or inside `all:` (a conjunction), or one that every branch of an `any:` has.
-Only strings are indexed: numbers and booleans have cross-type equality rules (1 == 1.0, but not
-true) that a dictionary would blur.
+`Router` files each rule under the strings of its key (`agent.rules.keys`), so for an event it
+looks up the value of each indexed field (and that value's prefixes of the indexed lengths) and
+gets back only the rules that can match; a candidate is then tested on its residual. Rules
+without a key are tried for every event. The answer is the same as `Rule.selects` on every rule
+(tests/test_routes.py checks this on random rules and events); only the work differs, which is
+what lets 1,000 rules cost about what 10 do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from agent.config.yamlfile import Map, Seq
-from agent.rules.match import Event, Predicate, TimeTest, field_getter
-
-EQ = "eq"
-PREFIX = "prefix"
-
-# (path, kind, text): the event's value at `path` is a string equal to (EQ) or starting with
-# (PREFIX) `text`. A rule's key is a set of these, one of which every event it selects satisfies.
-Alternative = tuple[str, str, str]
-Key = frozenset[Alternative]
+from agent.rules.fields import Event, getter
+from agent.rules.keys import EQ, PREFIX, Key
+from agent.rules.predicates import Predicate, TimeTest
 
 # One compiled route: rule index, test, when, the indexes of the reports it feeds. The test is
 # what a candidate must still pass (the rule's residual for a keyed route); None: nothing.
+# A plain tuple, not a class: the pipeline's loop unpacks it for every candidate.
 Route = tuple[int, Predicate | None, TimeTest | None, tuple[int, ...]]
-
-
-# --- keys: what a condition requires -----------------------------------------------------------
-
-
-def rule_key(node: Any) -> Key | None:
-    """The key of a compiled rule's `match:` node, or None when it has none (tried always)."""
-    return _condition(node)
-
-
-def _condition(node: Any) -> Key | None:
-    if not isinstance(node, Map):
-        return None
-    if "field" in node:
-        path = node["field"]
-        return (
-            _field(path, {k: v for k, v in node.items() if k != "field"})
-            if isinstance(path, str)
-            else None
-        )
-    keys: list[Key] = []
-    for name, value in node.items():
-        if name == "all":
-            key = _best([_condition(item) for item in value]) if isinstance(value, Seq) else None
-        elif name == "any":
-            key = _union([_condition(item) for item in value]) if isinstance(value, Seq) else None
-        elif name == "not":
-            key = None  # a negation requires no value
-        elif isinstance(value, Map):
-            key = _field(name, dict(value.items()))
-        else:
-            key = _field(name, {"eq": value})
-        if key is not None:
-            keys.append(key)
-    return _best(keys)
-
-
-def _field(path: str, ops: dict[str, Any]) -> Key | None:
-    keys: list[Key] = []
-    for op, operand in ops.items():
-        if op == "eq" and type(operand) is str:
-            keys.append(frozenset({(path, EQ, operand)}))
-        elif op == "in" and isinstance(operand, Seq) and operand:
-            if all(type(x) is str for x in operand):
-                keys.append(frozenset((path, EQ, x) for x in operand))
-        elif op == "startswith":
-            items = list(operand) if isinstance(operand, Seq) else [operand]
-            if items and all(type(x) is str for x in items):
-                keys.append(frozenset((path, PREFIX, x) for x in items))
-    return _best(keys)
-
-
-# --- residuals: what a candidate found by its key must still pass ------------------------------
-
-NOTHING_LEFT = Map()  # the key was the whole condition: a candidate is selected as found
-
-
-def residual(node: Any, key: Key) -> Map | None:
-    """The `match:` node without the one condition that is `key` exactly, or None if no such
-    condition can be taken out (the whole node is then tested).
-
-    A candidate found through its key's strings satisfies that condition already: testing it
-    again would only cost a call per event. Exactly means one field, one operator, the same
-    strings: `level: error`, `level: {in: [error, warning]}`, `event: {startswith: login.}`,
-    at the top of the mapping or as an item of its `all:` list. NOTHING_LEFT when no other
-    condition remains.
-    """
-    if not isinstance(node, Map) or "field" in node:
-        return None
-    for name, value in node.items():
-        if _is_exactly(name, value, key):
-            return _without(node, name)
-    if isinstance(node.get("all"), Seq):
-        items: Seq = node["all"]
-        for index, item in enumerate(items):
-            if isinstance(item, Map) and len(item) == 1 and "field" not in item:
-                [(name, value)] = item.items()
-                if _is_exactly(name, value, key):
-                    rest = Seq(x for i, x in enumerate(items) if i != index)
-                    rest.line = items.line
-                    rest.item_lines = [n for i, n in enumerate(items.item_lines) if i != index]
-                    return _with(node, "all", rest) if rest else _without(node, "all")
-    return None
-
-
-def _is_exactly(name: str, value: Any, key: Key) -> bool:
-    if name in ("all", "any", "not", "field"):
-        return False
-    if isinstance(value, Map):
-        if len(value) != 1 or next(iter(value)) not in ("eq", "in", "startswith"):
-            return False
-        return _field(name, dict(value.items())) == key
-    return type(value) is str and _field(name, {"eq": value}) == key
-
-
-def _without(node: Map, name: str) -> Map:
-    rest = Map((k, v) for k, v in node.items() if k != name)
-    rest.line = node.line
-    rest.key_lines = node.key_lines
-    return rest if rest else NOTHING_LEFT
-
-
-def _with(node: Map, name: str, value: Any) -> Map:
-    changed = Map((k, value if k == name else v) for k, v in node.items())
-    changed.line = node.line
-    changed.key_lines = node.key_lines
-    return changed
-
-
-def _union(keys: Sequence[Key | None]) -> Key | None:
-    """`any:`: a key only if every branch has one (an empty `any` matches nothing: no key)."""
-    if not keys or any(k is None for k in keys):
-        return None
-    return frozenset().union(*(k for k in keys if k is not None))
-
-
-def _best(keys: Sequence[Key | None]) -> Key | None:
-    """Of a conjunction's keys, the one likely to leave fewest candidates: longest texts first
-    (a long literal is rarer than a short one), equality before prefix, fewer alternatives."""
-    found = [k for k in keys if k is not None]
-    if not found:
-        return None
-    return max(found, key=_score)
-
-
-def _score(key: Key) -> tuple[int, int]:
-    weakest = min(len(text) + (4 if kind == EQ else 0) for _, kind, text in key)
-    return weakest, -len(key)
-
-
-# --- the router --------------------------------------------------------------------------------
 
 
 MEMO_LIMIT = 4096  # strings remembered per field beyond its own; then no more are added
@@ -189,7 +43,7 @@ class _Field:
         prefixes: dict[int, dict[str, list[Route]]],
     ) -> None:
         self.key = None if "." in path else path  # a top-level field is read with dict.get
-        self.get = field_getter(path)
+        self.get = getter(path)
         self.prefixes = tuple(
             (n, {text: tuple(rs) for text, rs in table.items()})
             for n, table in sorted(prefixes.items())
