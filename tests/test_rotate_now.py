@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import yaml
 from agent_proc import Agent, tailmail, wait_for
 from rotation_world import make_config
 
@@ -99,3 +100,32 @@ def test_rotate_right_after_the_start_works_fifty_times_in_a_row(
         assert agent.stop() == 0
         assert rotated_lines(tmp_path) == expected, f"round {round}"
     assert len(Outbox(tmp_path / "state" / "outbox", readonly=True).entries()) == 50
+
+
+def test_a_report_with_a_top_field_the_rules_read_otherwise_is_built_and_reading_goes_on(
+    tmp_path: Path, agents: list[Agent], closed_port: int
+) -> None:
+    """`top_fields: ["items.²"]` with an event `{"items": [1, 2]}` selected: the report's field
+    reader and the rules' agree (² is a key, not a list position), the report is queued, and
+    the service reads on. It raised in the rotation at every start before."""
+    config = make_config(tmp_path, closed_port)
+    document = yaml.safe_load(config.read_text())
+    document["reports"][0]["top_fields"] = ["items.²", "items.0"]
+    config.write_text(yaml.safe_dump(document, allow_unicode=True))
+    log = tmp_path / "logs" / "events.json"
+    log.write_bytes(orjson.dumps({"kind": "event", "items": [1, 2], "seq": 0}) + b"\n")
+    agent = Agent(config, tmp_path)
+    agents.append(agent)
+    agent.wait_ready()
+    store = tmp_path / "store" / "daily.jsonl"
+    wait_for(lambda: store.exists() and store.read_bytes().count(b"\n") == 1, "stored")
+    result = tailmail("rotate", "-c", str(config))
+    assert result.returncode == 0, result.stderr + agent.log()
+    [entry] = Outbox(tmp_path / "state" / "outbox", readonly=True).entries()
+    assert Path(entry.meta["rotated_file"]).read_bytes().count(b"\n") == 1
+    later = orjson.dumps({"kind": "event", "seq": 1})
+    with log.open("ab") as f:
+        f.write(later + b"\n")
+    wait_for(lambda: store.read_bytes() == later + b"\n", "reading goes on")
+    assert "report.build_failed" not in agent.log()
+    assert agent.stop() == 0
