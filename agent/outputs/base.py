@@ -23,6 +23,8 @@ class Output(Protocol):
     - `flush()`: write and make durable; the checkpoint is written only after every output's
       flush returned. Raises the write error (an OSError) when it cannot.
     - `size`: the bytes written, committed with the checkpoint by the pipeline.
+    - `notices()`: what the period's report must say about the output ((kind, sentence): a
+      "store" problem, a "notice"), each handed over once.
     - `close()`: release the file(s).
     """
 
@@ -39,5 +41,7 @@ class Output(Protocol):
     def write(self) -> None: ...
 
     def flush(self) -> None: ...
+
+    def notices(self) -> list[tuple[str, str]]: ...
 
     def close(self) -> None: ...

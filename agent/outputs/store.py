@@ -54,8 +54,8 @@ class ReportStore:
         self.fd = -1
         self.identity = (0, 0)
         self.size = committed or 0
-        self.shortened = 0  # committed bytes that were gone at start (deleted or cut by hand)
-        self.recreated = 0  # times the file was made again after it vanished (for the report)
+        # What the period's report must say about the file, taken by the pipeline (notices()).
+        self._notices: list[tuple[str, str]] = []
         self.pending: list[bytes] = []
         self._unsynced = False
         self._damaged = False  # a write failed part-way: cut back to `size` before the next one
@@ -88,7 +88,14 @@ class ReportStore:
                     size=size,
                     committed=committed,
                 )
-                self.shortened = committed - size
+                self._notices.append(
+                    (
+                        "store",
+                        f"the store {self.path} was {committed - size:,} bytes shorter than "
+                        "tailmail had committed (cut or replaced while tailmail was stopped): the "
+                        "events in those bytes are lost",
+                    )
+                )
                 committed = size
         except BaseException:
             os.close(fd)
@@ -100,6 +107,11 @@ class ReportStore:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def notices(self) -> list[tuple[str, str]]:
+        """(kind, sentence) for the period's problems, each given once."""
+        taken, self._notices = self._notices, []
+        return taken
 
     def accept(self, lines: list[bytes]) -> None:
         self.pending.extend(lines)
@@ -186,7 +198,13 @@ class ReportStore:
         self.fd = new
         st = os.fstat(new)
         self.identity = (st.st_dev, st.st_ino)
-        self.recreated += 1
+        self._notices.append(
+            (
+                "notice",
+                f"the store {self.path} was deleted while in use; tailmail made it again from "
+                "what it held: nothing was lost",
+            )
+        )
         self._unsynced = False
         log.warning(
             "store.recreated",

@@ -30,6 +30,7 @@ from agent.core.figures import PeriodStats
 from agent.core.fs import make_dirs
 from agent.core.periods import Period, hour_counts, period_from, period_of, system_timezone
 from agent.core.text import display_path
+from agent.outputs.base import Output
 from agent.outputs.store import ReportStore, rotate_store, rotated_path
 from agent.pipeline.checkpoint import (
     Checkpoint,
@@ -99,14 +100,17 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         id_taken: Callable[[str], bool] = lambda outbox_id: False,
         on_closed: Callable[[], None] = lambda: None,
+        make_output: Callable[[ReportConfig, int | None], Output] = ReportStore,
     ) -> None:
         """`id_taken`: whether a report id is known already (queued, failed or delivered), so
-        that a new period never gets one; `on_closed`: a period was closed, its report is due."""
+        that a new period never gets one; `on_closed`: a period was closed, its report is due;
+        `make_output`: the output of a report, given its committed size (None: unknown)."""
         self.config = config
         self.rulebook = rulebook
         self.clock = clock
         self.id_taken = id_taken
         self.on_closed = on_closed
+        self.make_output = make_output  # the report store; tests give outputs of their own
         self.local_tz = system_timezone()
         make_dirs(config.state_dir)
         self.checkpoint: Checkpoint = load_checkpoint(config.state_dir, repair=True)
@@ -124,7 +128,8 @@ class Pipeline:
             )
             for src in config.sources
         ]
-        self.stores: dict[str, ReportStore] = {}
+        # One output per report, by name; routes name them by their slot in `outputs`.
+        self.stores: dict[str, Output] = {}
         self._routers: dict[str, Router] = {}
         self._rules: tuple[Rule, ...] = ()
         self._rules_version = -1
@@ -190,7 +195,7 @@ class Pipeline:
 
     def _open_store(self, report: ReportConfig, committed: int | None) -> None:
         """Make the report's store; open its file now if it can be (else the next commit tries)."""
-        store = self.stores[report.name] = ReportStore(report, committed)
+        store = self.stores[report.name] = self.make_output(report, committed)
         rs = self.checkpoint.reports[report.name]
         try:
             store.open()
@@ -198,17 +203,13 @@ class Pipeline:
             self._store_failed(report, exc)
             return
         rs.store_size = store.size
-        if store.shortened:
-            rs.stats.add_problem(
-                {
-                    "kind": "store",
-                    "text": f"the store {report.store} was {store.shortened:,} bytes shorter than "
-                    "tailmail had committed (cut or replaced while tailmail was stopped): the "
-                    "events in those bytes are lost",
-                }
-            )
-            store.shortened = 0
+        self._take_notices(store, rs.stats)
         self._store_ok(report)
+
+    @staticmethod
+    def _take_notices(output: Output, stats: PeriodStats) -> None:
+        for kind, text in output.notices():
+            stats.add_problem({"kind": kind, "text": text})
 
     def _store_failed(self, report: ReportConfig, exc: OSError) -> None:
         """A store (or its rotation) cannot be written: logged once, a problem of its period."""
@@ -314,12 +315,19 @@ class Pipeline:
     def behind(self) -> int:
         return sum(t.behind for tailer in self.tailers for t in tailer.files.values())
 
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The outputs selected lines go to, by name, in slot order: one store per report."""
+        return tuple(r.name for r in self.config.reports)
+
     def _refresh_routes(self) -> None:
         if self.rulebook.version == self._rules_version:
             return
         self._rules_version = self.rulebook.version
         self._rules = self.rulebook.rules
-        names = [r.name for r in self.config.reports]
+        # A route names the outputs a rule feeds by their slot in `outputs`: the hot loop
+        # appends to lists by slot.
+        names = self.outputs
         self._routers = {}
         for src in self.config.sources:
             routes: list[Route] = []
@@ -327,11 +335,11 @@ class Pipeline:
             for i, rule in enumerate(self._rules):
                 if rule.sources is not None and src.name not in rule.sources:
                     continue
-                reps = tuple(
+                slots = tuple(
                     j for j, n in enumerate(names) if rule.reports is None or n in rule.reports
                 )
-                if reps:
-                    routes.append((i, rule.test, rule.when, reps))
+                if slots:
+                    routes.append((i, rule.test, rule.when, slots))
                     keys.append(rule.key)
             self._routers[src.name] = Router(routes, keys)
 
@@ -548,15 +556,7 @@ class Pipeline:
                 self._store_failed(report, exc)
                 raise
             self._store_ok(report)
-            if store.recreated:
-                rs.stats.add_problem(
-                    {
-                        "kind": "notice",
-                        "text": f"the store {report.store} was deleted while in use; tailmail "
-                        "made it again from what it held: nothing was lost",
-                    }
-                )
-                store.recreated = 0
+            self._take_notices(store, rs.stats)
             rs.store_size = store.size
         for tailer in self.tailers:
             tailer.sync_states()
@@ -724,7 +724,7 @@ class Pipeline:
             rotate_store(report, rotation.rotated, rotation.size)
         except OSError:
             # Tried again by the next pump; meanwhile the store is not written (reading waits).
-            self.stores[report.name] = ReportStore(report, 0)
+            self.stores[report.name] = self.make_output(report, 0)
             raise
         self._open_store(report, 0)
         if rotation.stats.selected == 0 and not report.send_empty:
