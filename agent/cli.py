@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import __version__
@@ -238,10 +237,7 @@ def _lines(files: Sequence[str]) -> Iterator[tuple[str, int, bytes]]:
 
 
 def cmd_test_rules(args: argparse.Namespace) -> int:
-    from agent.core.periods import system_timezone
-    from agent.rules import load_rules_path
-    from agent.tail.eventtime import time_reader
-    from agent.tail.lines import classify
+    from agent.service.testrules import NoSuchSource, rules_to_test, try_rules
 
     config: Config | None = None
     try:
@@ -249,50 +245,26 @@ def cmd_test_rules(args: argparse.Namespace) -> int:
     except ProblemsError:
         if not args.rules:
             raise
-    sources = [s.name for s in config.sources] if config else None
-    reports = [r.name for r in config.reports] if config else None
     rules_path = Path(args.rules) if args.rules else config.rules_dir  # type: ignore[union-attr]
-    rules, problems = load_rules_path(rules_path, sources, reports)
-    if problems:
-        raise ProblemsError(problems)
-    rules = [r for r in rules if r.enabled]
-    time_field = None
-    if args.source:
-        if config is None or args.source not in (sources or []):
-            raise Failure(f"no source named {args.source!r} in the config")
-        rules = [r for r in rules if r.sources is None or args.source in r.sources]
-        time_field = next(s.time_field for s in config.sources if s.name == args.source)
-    # Events without a time (or without a source to say where it is) are timed by their
-    # arrival, as the service times them: now.
-    at = time_reader(time_field, system_timezone(), lambda: datetime.now(UTC))
-    counts = dict.fromkeys((r.name for r in rules), 0)
-    firsts: dict[str, list[str]] = {r.name: [] for r in rules}
-    total = bad = selected = 0
     try:
-        for name, number, line in _lines(args.files):
-            total += 1
-            reason, event = classify(line)
-            if reason:
-                bad += 1
-                print(f"{name}:{number}: skipped: {reason}", file=sys.stderr)
-                continue
-            hit = False
-            for rule in rules:
-                if not rule.selects(event, at):
-                    continue
-                hit = True
-                counts[rule.name] += 1
-                if len(firsts[rule.name]) < args.show:
-                    firsts[rule.name].append(
-                        f"{name}:{number}: {line.decode('utf-8', 'replace')[:200]}"
-                    )
-            selected += hit
+        rules, time_field = rules_to_test(config, rules_path, args.source)
+    except NoSuchSource as exc:
+        raise Failure(str(exc)) from None
+
+    def skipped(name: str, number: int, reason: str) -> None:
+        print(f"{name}:{number}: skipped: {reason}", file=sys.stderr)
+
+    try:
+        tested = try_rules(rules, time_field, _lines(args.files), args.show, skipped)
     except OSError as exc:
         raise Failure(f"cannot read input: {exc}") from None
-    print(f"{total} line(s) read, {bad} skipped, {selected} selected by at least one rule")
-    for rule in rules:
-        print(f"\n{rule.name}: {counts[rule.name]} match(es)")
-        for first in firsts[rule.name]:
+    print(
+        f"{tested.total} line(s) read, {tested.skipped} skipped, {tested.selected} selected by "
+        "at least one rule"
+    )
+    for matches in tested.rules:
+        print(f"\n{matches.name}: {matches.count} match(es)")
+        for first in matches.firsts:
             print(f"  {first}")
     return EXIT_OK
 
