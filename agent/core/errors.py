@@ -26,6 +26,15 @@ class WriteError(TailmailError, OSError):
     read stays pending, nothing is committed past what is on disk, and the write is retried."""
 
 
+def write_error(exc: OSError) -> WriteError:
+    """An OSError met while writing, as the WriteError it is (its errno, text and file kept)."""
+    if isinstance(exc, WriteError):
+        return exc
+    error = WriteError(exc.errno, exc.strerror, exc.filename) if exc.errno else WriteError(str(exc))
+    error.__cause__ = exc
+    return error
+
+
 class UnsafeFile(WriteError, PermissionError):
     """A file the agent would write is not its own to write: refused, nothing written."""
 

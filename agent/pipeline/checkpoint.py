@@ -17,7 +17,7 @@ from typing import Annotated, Any, NotRequired, TypedDict
 import msgspec
 import orjson
 
-from agent.core.errors import StateDamaged
+from agent.core.errors import StateDamaged, write_error
 from agent.core.figures import PeriodStats
 from agent.core.fs import fsync_dir, write_atomic
 from agent.tail.state import FileState
@@ -324,5 +324,9 @@ def _parse(path: Path, data: bytes) -> Checkpoint:
 
 
 def save_checkpoint(state_dir: Path, checkpoint: Checkpoint) -> None:
-    """Commit: the new checkpoint replaces the current one, which becomes the previous."""
-    write_atomic(state_dir / CHECKPOINT, checkpoint.to_bytes(), previous=PREVIOUS)
+    """Commit: the new checkpoint replaces the current one, which becomes the previous.
+    Raises WriteError."""
+    try:
+        write_atomic(state_dir / CHECKPOINT, checkpoint.to_bytes(), previous=PREVIOUS)
+    except OSError as exc:
+        raise write_error(exc) from exc

@@ -26,6 +26,7 @@ import orjson
 import structlog
 
 from agent.config.model import Config, ReportConfig
+from agent.core.errors import write_error
 from agent.core.figures import PeriodStats
 from agent.core.fs import make_dirs
 from agent.core.periods import Period, hour_counts, period_from, period_of, system_timezone
@@ -544,7 +545,8 @@ class Pipeline:
     # ---- committing ------------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Stores first (fsync), then the checkpoint that counts them (atomic rename)."""
+        """Outputs first (fsync), then the checkpoint that counts them (atomic rename).
+        Raises WriteError: nothing is committed then, and what was read stays pending."""
         for report in self.config.reports:
             store = self.stores.get(report.name)
             if store is None:
@@ -554,7 +556,7 @@ class Pipeline:
                 store.flush()
             except OSError as exc:
                 self._store_failed(report, exc)
-                raise
+                raise write_error(exc) from exc
             self._store_ok(report)
             self._take_notices(store, rs.stats)
             rs.store_size = store.size
@@ -722,10 +724,10 @@ class Pipeline:
             store.close()
         try:
             rotate_store(report, rotation.rotated, rotation.size)
-        except OSError:
+        except OSError as exc:
             # Tried again by the next pump; meanwhile the store is not written (reading waits).
             self.stores[report.name] = self.make_output(report, 0)
-            raise
+            raise write_error(exc) from exc
         self._open_store(report, 0)
         if rotation.stats.selected == 0 and not report.send_empty:
             log.info("report.skipped_empty", report=report.name, period=str(rotation.day))

@@ -113,7 +113,7 @@ class Service:
         self.pipeline.open()
         try:
             self.pipeline.rotate_due()
-        except OSError as exc:
+        except WriteError as exc:
             # The tail loop retries the write and the timer the rotation; the service starts.
             log.error("rotation.failed", error=str(exc), retry_in=RETRY_ROTATION_SECONDS)
         self._tidy_rotated()
@@ -181,7 +181,7 @@ class Service:
                     if self.watcher is not None:  # symlinks may now lead into other directories
                         self._watch(self.watcher)
                 progressed = self.pipeline.pump()
-            except OSError as exc:  # a WriteError, or an OSError no one foresaw: the same retry
+            except WriteError as exc:
                 await self._recover_writes(exc)
                 continue
             except Exception as exc:
@@ -222,8 +222,12 @@ class Service:
                 self.pipeline.commit()
                 if self.pipeline.finish_rotations():
                     self.reporter.wake()
-            except OSError as again:
+            except WriteError as again:
                 exc = again
+                continue
+            except Exception as again:
+                log.exception("pipeline.failed", error=repr(again))
+                exc = WriteError(0, f"the pipeline failed: {again!r}")
                 continue
             self._write_error = ""
             log.info("pipeline.write_recovered")
@@ -235,9 +239,13 @@ class Service:
             try:
                 if self.pipeline.rotate_due():
                     self.notifier.status(self._status())
-            except OSError as exc:
+            except WriteError as exc:
                 # Nothing is lost: an interrupted rotation is finished by the next pump or start.
                 log.error("rotation.failed", error=str(exc), retry_in=RETRY_ROTATION_SECONDS)
+                await asyncio.sleep(RETRY_ROTATION_SECONDS)
+                continue
+            except Exception as exc:  # a bug: logged whole, tried again, the service goes on
+                log.exception("rotation.failed", error=repr(exc), retry_in=RETRY_ROTATION_SECONDS)
                 await asyncio.sleep(RETRY_ROTATION_SECONDS)
                 continue
             delay = (self.pipeline.next_rotation() - self.pipeline.now()).total_seconds()
@@ -379,7 +387,7 @@ class Service:
                 await asyncio.sleep(0)  # catching up: the other tasks run between pumps
         except StopIteration as done:
             closed = done.value
-        except OSError as exc:
+        except WriteError as exc:
             for report in reports:
                 # A rotation whose intent is durable is finished by the next pump; the
                 # others are kept and done as soon as the state can be written again.
