@@ -32,7 +32,7 @@ debian-tools:
 
 # docs/report.png, the README's picture of a report: a generated day rendered by chromium
 report-sample: $(STAMP) debian-tools
-	cd tests && ../$(BIN)/python report_day.py ../docs/report.png
+	cd tests/support && ../../$(BIN)/python report_day.py ../../docs/report.png
 
 # dist/tailmail_VERSION_ARCH.deb: the agent in its own venv, made with Debian's python3.11.
 deb: $(STAMP)
@@ -47,9 +47,9 @@ test-deb: deb
 	packaging/test-deb dist/tailmail_*.deb
 	packaging/test-service dist/tailmail_*.deb
 
-# kill -9 the real agent 1,000 times while 1,000,000+ lines are written and rotated (see tests/soak.py)
+# kill -9 the real agent 1,000 times while 1,000,000+ lines are written and rotated (see tests/support/soak.py)
 soak: $(STAMP)
-	$(BIN)/python tests/soak.py
+	$(BIN)/python tests/support/soak.py
 
 # tailmail against rsyslog, syslog-ng and a bare Python loop (see bench/run.py and README,
 # "Performance"); BENCH_ARGS=--quick for a short run

@@ -4,7 +4,7 @@
 looks up the value of each indexed field (and that value's prefixes of the indexed lengths) and
 gets back only the rules that can match; a candidate is then tested on its residual. Rules
 without a key are tried for every event. The answer is the same as `Rule.selects` on every rule
-(tests/test_routes.py checks this on random rules and events); only the work differs, which is
+(tests/unit/rules/test_routes.py checks this on random rules and events); only the work differs, which is
 what lets 1,000 rules cost about what 10 do.
 """
 

@@ -6,7 +6,7 @@ agent runs is derived from that tree when the `Rule` is made, so nothing can dis
 the predicate, the time test, the index key and residual, the fields it reads.
 
 `Rule.selects` is the one definition of "this rule selects this event"; the pipeline's indexed
-path (candidates, residual, `when`) means exactly the same (tests/test_routes.py checks it on
+path (candidates, residual, `when`) means exactly the same (tests/unit/rules/test_routes.py checks it on
 random rules and events).
 
 Every mistake is a `Problem` with the line of the offending key or item; a file with any problem

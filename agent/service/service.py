@@ -47,7 +47,7 @@ log = structlog.get_logger("tailmail.service")
 
 RESCAN_SECONDS = 30.0  # safety net for events inotify cannot see (NFS, a lost event queue)
 # A test hook, not a setting: a huge interval leaves inotify alone to find new files and
-# directories (tests/test_source_dirs.py), which the safety net would otherwise hide.
+# directories (tests/process/test_source_dirs.py), which the safety net would otherwise hide.
 RESCAN_ENV = "TAILMAIL_RESCAN_SECONDS"
 RULES_SETTLE_SECONDS = 0.2  # editors write a file in several steps: reload once they are done
 MAX_TIMER_SECONDS = 60.0  # re-read the wall clock at least this often (suspend, clock steps)

@@ -16,7 +16,7 @@ from agent.config.model import DEFAULT_SUBJECT, MiB
 from agent.config.yamlfile import ProblemsError
 from agent.core.periods import system_timezone
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "config.example.yaml"
 
 # The smallest valid configuration, in three blocks that cases replace or extend. Lines:

@@ -1,7 +1,7 @@
 """`make soak`: the fault-injection run of tests/test_faults.py, long: 1,000 kills, 1,000,000 lines.
 
-    .venv/bin/python tests/soak.py [--kills N] [--lines N] [--rate N] [--seed N] [--workdir DIR]
-    .venv/bin/python tests/soak.py --verify DIR     # check a kept run again
+    .venv/bin/python tests/support/soak.py [--kills N] [--lines N] [--rate N] [--seed N] [--workdir DIR]
+    .venv/bin/python tests/support/soak.py --verify DIR     # check a kept run again
 
 Prints lines written, selected, stored, lost, duplicated and kills; exits 1 if any line was
 lost, duplicated, reordered or stored that should not be. The work directory (the agent's log,

@@ -1,4 +1,4 @@
-"""Run a command under MemoryDenyWriteExecute's rule: `python tests/mdwe.py PROGRAM ARG...`.
+"""Run a command under MemoryDenyWriteExecute's rule: `python tests/support/mdwe.py PROGRAM ARG...`.
 
 prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) (Linux 6.3+) makes the kernel refuse memory that is
 writable and executable, or that becomes executable after being writable: the rule systemd's

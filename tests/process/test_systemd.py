@@ -7,7 +7,7 @@ the packaged /usr/bin/tailmail: each is checked as a copy whose ExecStart= names
 checkout's `tailmail` instead, every other line as shipped.
 
 MemoryDenyWriteExecute=yes is kept only because the whole agent works under it: the real
-service runs under the same kernel rule (tests/mdwe.py) and delivers a report over STARTTLS.
+service runs under the same kernel rule (tests/support/mdwe.py) and delivers a report over STARTTLS.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from agent_proc import DEADLINE, Agent, tailmail, wait_for, write_config
 from debian_tools import need
 from smtp_sink import SmtpServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
-MDWE = [sys.executable, str(Path(__file__).with_name("mdwe.py"))]
+MDWE = [sys.executable, str(REPO / "tests" / "support" / "mdwe.py")]
 MAX_EXPOSURE = 1.5  # issue 6: as tight as systemd's own network daemons (hostnamed: 1.5)
 # Keys in which the template differs from tailmail.service; the sandbox must not.
 PER_INSTANCE = {"Description", "ExecStart", "StateDirectory", "LogsDirectory", "LoadCredential"}

@@ -1,5 +1,5 @@
 """agent/deliver/smtp.py (the SMTP transport) and doctor.py (`tailmail test-email`) against real
-SMTP servers on loopback (tests/smtp_sink.py)."""
+SMTP servers on loopback (tests/support/smtp_sink.py)."""
 
 from __future__ import annotations
 

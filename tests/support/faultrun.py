@@ -1,6 +1,6 @@
 """Fault injection against the real `tailmail run`: kill -9 at random moments, then count every line.
 
-Used by `tests/test_faults.py` (a short run in `make test`) and `tests/soak.py` (`make soak`).
+Used by `tests/process/test_faults.py` (a short run in `make test`) and `tests/support/soak.py` (`make soak`).
 
 A writer thread appends numbered lines to `logs/events.json` at a steady rate, some of them bad
 (malformed, not an object, invalid UTF-8, NUL bytes, empty, over `max_line_bytes`), and often

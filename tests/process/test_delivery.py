@@ -1,5 +1,5 @@
 """Delivery as an operator lives it (issue 4): the real `tailmail run`, `test-email`, `check` and
-`status` processes against real SMTP servers on loopback (tests/smtp_sink.py), no mocks.
+`status` processes against real SMTP servers on loopback (tests/support/smtp_sink.py), no mocks.
 
 A server that is "down" is a socket bound to its port and not listening (connections refused);
 it "comes back" when the SMTP server is started on that very socket, so the port is the same.
